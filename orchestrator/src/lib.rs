@@ -1,0 +1,1 @@
+//! Airlock orchestrator library.
