@@ -1,1 +1,369 @@
-fn main() {}
+//! The `airlock` command line: build the executor image, run one sandboxed tool call, benchmark.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use airlock::protocol::{
+    Event, ExecLimits, Mode, ProtectedPath, Protection, Request, ToolCall, ToolResult,
+};
+use airlock::sandbox::image::{self, BuildOptions};
+use airlock::sandbox::{
+    connect_docker, CallSpec, Profile, Runtime, Sandbox, SandboxConfig, SandboxEvent,
+};
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "airlock",
+    version,
+    about = "Let LLM agents act on people's files, safely: every tool call passes policy, \
+             preview and approval, then runs in its own locked-down container."
+)]
+struct Cli {
+    /// Docker endpoint (unix:///var/run/docker.sock, tcp://HOST:PORT). Default: DOCKER_HOST or the local socket.
+    #[arg(long, global = true, env = "AIRLOCK_DOCKER")]
+    docker: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build and inspect the executor image.
+    #[command(subcommand)]
+    Image(ImageCmd),
+    /// Run tool calls in the sandbox directly, without a server.
+    #[command(subcommand)]
+    Sandbox(SandboxCmd),
+    /// Measure Airlock's latency against plain Docker.
+    #[command(subcommand)]
+    Bench(BenchCmd),
+}
+
+#[derive(Subcommand)]
+enum ImageCmd {
+    /// Build the executor image offline through the Docker API and print its ID.
+    ///
+    /// The context is made here: the Dockerfile (embedded from executor-image/), the static
+    /// executor binary and, for the default `scratch` base, a static busybox for `run_shell`.
+    Build {
+        /// The static executor binary.
+        #[arg(long, default_value_os_t = image::default_executor_path())]
+        executor: PathBuf,
+        /// A static busybox (Debian: apt-get install busybox-static).
+        #[arg(long, default_value = "/bin/busybox")]
+        busybox: PathBuf,
+        /// Base image. `scratch` needs no registry; another base (e.g. a Debian image with git
+        /// and python) gives richer tool containers where a registry exists.
+        #[arg(long, default_value = "scratch")]
+        base: String,
+        #[arg(long, default_value = image::DEFAULT_TAG)]
+        tag: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum SandboxCmd {
+    /// Run one tool call in a fresh container and print its events as JSON lines.
+    ///
+    /// Example: airlock sandbox run --workspace ./ws read_file '{"path":"README.md"}'
+    ///
+    /// Exits 0 when the tool succeeded, 1 when it reported an error, 2 when the container
+    /// was killed (timeout, output cap, out of memory).
+    Run(Box<RunArgs>),
+    /// Remove containers a previous run left behind (after a crash).
+    Reap {
+        #[arg(long, default_value = "default")]
+        instance: String,
+    },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// The workspace directory mounted at /workspace.
+    #[arg(long)]
+    workspace: PathBuf,
+    /// read_file, list_dir, search, write_file, edit_file or run_shell.
+    tool: String,
+    /// The tool's arguments as JSON, e.g. '{"path":"a.txt"}'.
+    args: String,
+    /// Mount the workspace read-write and apply changes (write_file/edit_file otherwise
+    /// only preview their diff; run_shell gets a read-only workspace).
+    #[arg(long)]
+    write: bool,
+    /// With --write: apply only if the file still has this sha256 (from a preview; `absent`
+    /// for a file that must not exist yet).
+    #[arg(long)]
+    expected_sha256: Option<String>,
+    /// Protected path: GLOB (unreadable) or GLOB:read-only. Repeatable.
+    #[arg(long = "protect", value_name = "GLOB[:read-only]")]
+    protect: Vec<String>,
+    #[arg(long, default_value = image::DEFAULT_TAG)]
+    image: String,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+#[derive(Args)]
+struct LimitArgs {
+    /// OCI runtime: runc or runsc (gVisor).
+    #[arg(long)]
+    runtime: Option<Runtime>,
+    /// Memory limit in MiB (swap is disabled).
+    #[arg(long)]
+    memory_mib: Option<u64>,
+    /// CPU quota in CPUs.
+    #[arg(long)]
+    cpus: Option<f64>,
+    /// Maximum processes.
+    #[arg(long)]
+    pids: Option<u32>,
+    /// Wall-clock deadline in seconds.
+    #[arg(long)]
+    timeout_secs: Option<u64>,
+    /// Output cap in bytes.
+    #[arg(long)]
+    output_bytes: Option<u64>,
+    /// Size of /tmp in MiB.
+    #[arg(long)]
+    tmpfs_mib: Option<u64>,
+    /// Largest file a tool may write, in MiB.
+    #[arg(long)]
+    fsize_mib: Option<u64>,
+    /// uid:gid to run as. Default: the workspace's owner, or 65532:65532 when root owns it.
+    #[arg(long)]
+    user: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Time read_file through the sandbox against `docker run --rm` with the same flags.
+    Sandbox {
+        /// Iterations (each runs all three paths, interleaved).
+        #[arg(short, long, default_value_t = 20)]
+        n: usize,
+        #[arg(long, default_value = image::DEFAULT_TAG)]
+        image: String,
+        #[arg(long)]
+        runtime: Option<Runtime>,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("AIRLOCK_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Image(ImageCmd::Build {
+            executor,
+            busybox,
+            base,
+            tag,
+        }) => {
+            let docker = connect_docker(cli.docker.as_deref()).await?;
+            let opts = BuildOptions {
+                executor,
+                busybox,
+                base,
+                tag: tag.clone(),
+            };
+            let id = image::build_image(&docker, &opts, |line| eprintln!("  {line}")).await?;
+            eprintln!("built {tag}");
+            println!("{id}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sandbox(SandboxCmd::Run(args)) => sandbox_run(cli.docker, *args).await,
+        Command::Sandbox(SandboxCmd::Reap { instance }) => {
+            let sandbox = Sandbox::new(&SandboxConfig {
+                docker_endpoint: cli.docker,
+                instance,
+                ..SandboxConfig::default()
+            })
+            .await?;
+            let n = sandbox.reap().await?;
+            println!("removed {n} leftover container(s)");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCmd::Sandbox { n, image, runtime }) => {
+            let sandbox = Sandbox::new(&SandboxConfig {
+                docker_endpoint: cli.docker,
+                image,
+                instance: "bench".into(),
+                ..SandboxConfig::default()
+            })
+            .await?;
+            let dir = tempdir_for_bench()?;
+            let profile = Profile {
+                runtime: runtime.unwrap_or_default(),
+                ..Profile::default()
+            };
+            eprintln!("warming up…");
+            // One untimed round so image layers and the runtime are warm for every path.
+            airlock::bench::bench_sandbox(&sandbox, &profile, &dir, 1, |_| {}).await?;
+            let report = airlock::bench::bench_sandbox(&sandbox, &profile, &dir, n, |i| {
+                eprint!("\r{i}/{n}");
+            })
+            .await?;
+            eprintln!();
+            print!("{}", report.report());
+            let _ = std::fs::remove_dir_all(&dir);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// A scratch workspace for the benchmark (its own fixture, not a user's workspace).
+fn tempdir_for_bench() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("airlock-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(
+        dir.join("bench.txt"),
+        "hello from the benchmark\n".repeat(40),
+    )?;
+    Ok(dir)
+}
+
+fn parse_user(s: &str) -> anyhow::Result<(u32, u32)> {
+    let (u, g) = s
+        .split_once(':')
+        .with_context(|| format!("--user `{s}`: expected UID:GID, e.g. 1000:1000"))?;
+    Ok((
+        u.parse()
+            .with_context(|| format!("--user: bad uid `{u}`"))?,
+        g.parse()
+            .with_context(|| format!("--user: bad gid `{g}`"))?,
+    ))
+}
+
+fn parse_protect(s: &str) -> anyhow::Result<ProtectedPath> {
+    let (glob, protection) = match s.rsplit_once(':') {
+        Some((g, "read-only")) => (g, Protection::ReadOnly),
+        Some((g, "no-access")) => (g, Protection::NoAccess),
+        _ => (s, Protection::NoAccess),
+    };
+    if glob.is_empty() {
+        bail!("--protect `{s}`: the glob is empty");
+    }
+    Ok(ProtectedPath {
+        glob: glob.to_string(),
+        protection,
+    })
+}
+
+async fn sandbox_run(docker: Option<String>, a: RunArgs) -> anyhow::Result<ExitCode> {
+    let args: serde_json::Value = serde_json::from_str(&a.args)
+        .with_context(|| format!("the arguments are not valid JSON: {}", a.args))?;
+    let call = ToolCall::from_parts(&a.tool, args).map_err(anyhow::Error::msg)?;
+    let workspace = std::fs::canonicalize(&a.workspace)
+        .with_context(|| format!("workspace `{}` does not exist", a.workspace.display()))?;
+    let meta = std::fs::metadata(&workspace)?;
+    if !meta.is_dir() {
+        bail!("workspace `{}` is not a directory", workspace.display());
+    }
+    let (uid, gid) = match &a.limits.user {
+        Some(u) => parse_user(u)?,
+        None if meta.uid() != 0 => (meta.uid(), meta.gid()),
+        None => (image::SANDBOX_UID, image::SANDBOX_UID),
+    };
+    let mib = |v: u64| v * 1024 * 1024;
+    let d = Profile::default();
+    let l = &a.limits;
+    let profile = Profile {
+        runtime: l.runtime.unwrap_or(d.runtime),
+        memory_bytes: l.memory_mib.map(mib).unwrap_or(d.memory_bytes),
+        cpus: l.cpus.unwrap_or(d.cpus),
+        pids: l.pids.unwrap_or(d.pids),
+        timeout_secs: l.timeout_secs.unwrap_or(d.timeout_secs),
+        output_bytes: l.output_bytes.unwrap_or(d.output_bytes),
+        tmpfs_bytes: l.tmpfs_mib.map(mib).unwrap_or(d.tmpfs_bytes),
+        fsize_bytes: l.fsize_mib.map(mib).unwrap_or(d.fsize_bytes),
+        nofile: d.nofile,
+        uid,
+        gid,
+    };
+    let protected = a
+        .protect
+        .iter()
+        .map(|p| parse_protect(p))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let request = Request {
+        mode: if a.write { Mode::Apply } else { Mode::Preview },
+        expected_sha256: a.expected_sha256,
+        protected,
+        limits: ExecLimits::default(),
+        ..Request::new(call.clone())
+    };
+    let sandbox = Sandbox::new(&SandboxConfig {
+        docker_endpoint: docker,
+        image: a.image,
+        instance: "cli".into(),
+        max_containers: 1,
+    })
+    .await?;
+    let spec = CallSpec {
+        workspace,
+        writable: a.write && call.mutates(),
+        session_id: "cli".into(),
+        call_id: uuid::Uuid::new_v4().to_string(),
+        tool: call.name().into(),
+    };
+    let mut handle = sandbox.run(&profile, &spec, &request).await?;
+    let mut tool_failed = false;
+    let mut code = ExitCode::from(1);
+    while let Some(ev) = handle.next().await {
+        match ev {
+            SandboxEvent::Executor(e) => {
+                match &e {
+                    Event::Error { .. } => tool_failed = true,
+                    Event::Result {
+                        result: ToolResult::RunShell(r),
+                    } if r.exit_code != Some(0) => tool_failed = true,
+                    _ => {}
+                }
+                println!("{}", serde_json::to_string(&e)?);
+            }
+            SandboxEvent::Finished(o) => {
+                let summary = serde_json::json!({
+                    "event": "finished",
+                    "exit_code": o.exit_code,
+                    "timed_out": o.timed_out,
+                    "oom_killed": o.oom_killed,
+                    "output_truncated": o.output_truncated,
+                    "duration_ms": o.duration.as_millis() as u64,
+                    "protocol_error": o.protocol_error,
+                    "stderr": if o.stderr_tail.is_empty() { None } else { Some(&o.stderr_tail) },
+                });
+                println!("{summary}");
+                code = if o.timed_out || o.oom_killed || o.output_truncated {
+                    ExitCode::from(2)
+                } else if tool_failed || o.protocol_error.is_some() {
+                    ExitCode::from(1)
+                } else {
+                    ExitCode::SUCCESS
+                };
+            }
+        }
+    }
+    // The container is removed after `Finished`; wait for it before the runtime shuts down.
+    drop(handle);
+    sandbox.drain().await;
+    Ok(code)
+}

@@ -1,0 +1,626 @@
+//! The sandbox: the only module that talks to Docker. It creates every container through
+//! [`profile::locked_container_config`], attaches before start, sends one request on stdin,
+//! streams the executor's events back, enforces the deadline and the output cap, and always
+//! removes the container.
+
+pub mod image;
+pub mod profile;
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use airlock_executor::protocol::{Event, Request};
+use bollard::container::LogOutput;
+use bollard::errors::Error as DockerError;
+use bollard::query_parameters::{
+    AttachContainerOptionsBuilder, InspectContainerOptions, KillContainerOptionsBuilder,
+    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, WaitContainerOptions,
+};
+use bollard::Docker;
+use futures_util::{Stream, StreamExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+pub use profile::{locked_container_config, CallSpec, Profile, Runtime};
+
+/// Errors of the sandbox layer.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("cannot reach the Docker engine at {endpoint}: {source}. Is dockerd running, and may this user use its socket?")]
+    DockerUnreachable {
+        endpoint: String,
+        #[source]
+        source: DockerError,
+    },
+    #[error(
+        "executor image `{0}` not found in the Docker engine: build it with `airlock image build`"
+    )]
+    ImageNotFound(String),
+    #[error("invalid sandbox profile: {0}")]
+    InvalidProfile(String),
+    #[error("invalid workspace: {0}")]
+    InvalidWorkspace(String),
+    #[error("the OCI runtime `{0}` is not registered with the Docker engine (see `docker info` → Runtimes)")]
+    RuntimeMissing(String),
+    #[error("Docker engine error: {0}")]
+    Docker(#[from] DockerError),
+    #[error("could not send the request to the container: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("image build failed: {0}")]
+    Build(String),
+}
+
+/// What the caller receives for one call, in order: executor events as they arrive, then
+/// exactly one `Finished`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SandboxEvent {
+    Executor(Event),
+    Finished(Outcome),
+}
+
+/// How the container ended. Timeout, OOM and truncation are reported distinctly.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Outcome {
+    /// The container's exit status (the executor's: 0 result, 3 tool error, 137 killed …).
+    pub exit_code: Option<i64>,
+    /// The kernel's OOM killer fired inside the container.
+    pub oom_killed: bool,
+    /// The wall-clock deadline expired and the container was killed.
+    pub timed_out: bool,
+    /// The output cap was reached and the container was killed.
+    pub output_truncated: bool,
+    /// The caller cancelled (or dropped the stream) and the container was killed.
+    pub cancelled: bool,
+    /// From request written to container exit.
+    pub duration: Duration,
+    /// Stdout+stderr bytes the container produced (up to the cap).
+    pub output_bytes: u64,
+    /// Last bytes of the executor's stderr (diagnostics only; never file contents by design).
+    pub stderr_tail: String,
+    /// Executor lines that were not valid protocol events, or a lost attach stream.
+    pub protocol_error: Option<String>,
+}
+
+/// Connection settings for the sandbox.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// `unix:///var/run/docker.sock`, `tcp://host:port`, or None for DOCKER_HOST / the default.
+    pub docker_endpoint: Option<String>,
+    /// Image reference (tag or ID); resolved once to an ID and pinned.
+    pub image: String,
+    /// Name of this orchestrator instance; labels its containers so that only its own are reaped.
+    pub instance: String,
+    /// Most containers alive at once (created, running or being removed).
+    pub max_containers: usize,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            docker_endpoint: None,
+            image: image::DEFAULT_TAG.to_string(),
+            instance: "default".to_string(),
+            max_containers: 32,
+        }
+    }
+}
+
+/// Connects to the Docker engine and negotiates the API version (the engine may be older).
+pub async fn connect_docker(endpoint: Option<&str>) -> Result<Docker, SandboxError> {
+    let shown = endpoint
+        .map(str::to_string)
+        .or_else(|| std::env::var("DOCKER_HOST").ok())
+        .unwrap_or_else(|| "unix:///var/run/docker.sock".to_string());
+    let unreachable = |source| SandboxError::DockerUnreachable {
+        endpoint: shown.clone(),
+        source,
+    };
+    let docker = match endpoint {
+        None => Docker::connect_with_local_defaults(),
+        Some(e) if e.starts_with("unix://") || e.starts_with('/') => {
+            Docker::connect_with_unix(e, 120, bollard::API_DEFAULT_VERSION)
+        }
+        Some(e) => Docker::connect_with_http(e, 120, bollard::API_DEFAULT_VERSION),
+    }
+    .map_err(unreachable)?;
+    let docker = docker.negotiate_version().await.map_err(unreachable)?;
+    docker.ping().await.map_err(unreachable)?;
+    Ok(docker)
+}
+
+struct Inner {
+    docker: Docker,
+    image_id: String,
+    instance: String,
+    limit: Arc<Semaphore>,
+    max_containers: usize,
+    runtimes: Vec<String>,
+}
+
+/// A handle to the sandbox; cheap to clone.
+#[derive(Clone)]
+pub struct Sandbox {
+    inner: Arc<Inner>,
+}
+
+impl Sandbox {
+    /// Connects, resolves the executor image to its ID (pinned from now on) and reads the
+    /// engine's runtimes.
+    pub async fn new(config: &SandboxConfig) -> Result<Sandbox, SandboxError> {
+        let docker = connect_docker(config.docker_endpoint.as_deref()).await?;
+        let image_id = match docker.inspect_image(&config.image).await {
+            Ok(img) => img.id.unwrap_or_default(),
+            Err(DockerError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => return Err(SandboxError::ImageNotFound(config.image.clone())),
+            Err(e) => return Err(e.into()),
+        };
+        let info = docker.info().await?;
+        let runtimes = info
+            .runtimes
+            .map(|r| r.into_keys().collect())
+            .unwrap_or_default();
+        Ok(Sandbox {
+            inner: Arc::new(Inner {
+                docker,
+                image_id,
+                instance: config.instance.clone(),
+                limit: Arc::new(Semaphore::new(config.max_containers.max(1))),
+                max_containers: config.max_containers.max(1),
+                runtimes,
+            }),
+        })
+    }
+
+    /// The pinned image ID every container uses.
+    pub fn image_id(&self) -> &str {
+        &self.inner.image_id
+    }
+
+    /// The engine handle, for the few read-only checks outside this module (readiness).
+    pub fn docker(&self) -> &Docker {
+        &self.inner.docker
+    }
+
+    /// Containers currently alive (created, running or being removed) for this sandbox.
+    pub fn containers_in_use(&self) -> usize {
+        self.inner
+            .max_containers
+            .saturating_sub(self.inner.limit.available_permits())
+    }
+
+    /// Waits until every container this handle started has been removed (for shutdown).
+    pub async fn drain(&self) {
+        let n = self.inner.max_containers as u32;
+        if let Ok(all) = self.inner.limit.acquire_many(n).await {
+            drop(all);
+        }
+    }
+
+    /// Removes every container this instance left behind (after a crash or `kill -9`).
+    pub async fn reap(&self) -> Result<usize, SandboxError> {
+        let mut filters = HashMap::new();
+        filters.insert(
+            "label".to_string(),
+            vec![
+                format!("{}=1", profile::LABEL_MANAGED),
+                format!("{}={}", profile::LABEL_INSTANCE, self.inner.instance),
+            ],
+        );
+        let opts = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let list = self.inner.docker.list_containers(Some(opts)).await?;
+        let mut removed = 0;
+        for c in list {
+            if let Some(id) = c.id {
+                if remove_container(&self.inner.docker, &id).await.is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Creates, attaches to and starts a container for `spec`. The executor inside blocks on
+    /// stdin until [`Prepared::send`]: nothing touches the workspace before then, so this can
+    /// run while the user is still deciding on an approval.
+    pub async fn prepare(
+        &self,
+        profile: &Profile,
+        spec: &CallSpec,
+    ) -> Result<Prepared, SandboxError> {
+        profile.validate()?;
+        if !spec.workspace.is_absolute() {
+            return Err(SandboxError::InvalidWorkspace(format!(
+                "`{}` is not an absolute path",
+                spec.workspace.display()
+            )));
+        }
+        if !self
+            .inner
+            .runtimes
+            .iter()
+            .any(|r| r == profile.runtime.as_str())
+        {
+            return Err(SandboxError::RuntimeMissing(
+                profile.runtime.as_str().to_string(),
+            ));
+        }
+        let permit = self
+            .inner
+            .limit
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the sandbox semaphore is never closed");
+        let docker = &self.inner.docker;
+        let config =
+            locked_container_config(&self.inner.image_id, &self.inner.instance, profile, spec);
+        let created = docker.create_container(None, config).await?;
+        let id = created.id;
+        // From here on, any failure must remove the container.
+        let guard = RemoveGuard {
+            docker: docker.clone(),
+            id: Some(id.clone()),
+        };
+        let attach = AttachContainerOptionsBuilder::default()
+            .stdin(true)
+            .stdout(true)
+            .stderr(true)
+            .stream(true)
+            .logs(false)
+            .build();
+        let attached = docker.attach_container(&id, Some(attach)).await?;
+        docker.start_container(&id, None).await?;
+        Ok(Prepared {
+            docker: docker.clone(),
+            guard,
+            input: attached.input,
+            output: attached.output,
+            permit,
+            profile: profile.clone(),
+        })
+    }
+
+    /// Prepares a container and sends `request` at once (a call that needs no approval).
+    pub async fn run(
+        &self,
+        profile: &Profile,
+        spec: &CallSpec,
+        request: &Request,
+    ) -> Result<CallHandle, SandboxError> {
+        self.prepare(profile, spec).await?.send(request).await
+    }
+}
+
+type OutputStream = Pin<Box<dyn Stream<Item = Result<LogOutput, DockerError>> + Send>>;
+
+/// Removes the container when dropped, unless disarmed (the driver task then owns removal).
+struct RemoveGuard {
+    docker: Docker,
+    id: Option<String>,
+}
+
+impl RemoveGuard {
+    fn id(&self) -> &str {
+        self.id.as_deref().unwrap_or_default()
+    }
+    fn disarm(&mut self) -> String {
+        self.id.take().unwrap_or_default()
+    }
+}
+
+impl Drop for RemoveGuard {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            let docker = self.docker.clone();
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(async move {
+                    let _ = remove_container(&docker, &id).await;
+                });
+            }
+        }
+    }
+}
+
+async fn remove_container(docker: &Docker, id: &str) -> Result<(), DockerError> {
+    let opts = RemoveContainerOptionsBuilder::default()
+        .force(true)
+        .v(true)
+        .build();
+    match docker.remove_container(id, Some(opts)).await {
+        Ok(()) => Ok(()),
+        // Already gone (a concurrent reaper, or removal in progress) is success.
+        Err(DockerError::DockerResponseServerError {
+            status_code: 404 | 409,
+            ..
+        }) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// A started container whose executor waits for its request. Dropping it kills and removes
+/// the container (the call was denied, expired or cancelled).
+pub struct Prepared {
+    docker: Docker,
+    guard: RemoveGuard,
+    input: Pin<Box<dyn AsyncWrite + Send>>,
+    output: OutputStream,
+    permit: OwnedSemaphorePermit,
+    profile: Profile,
+}
+
+impl Prepared {
+    pub fn container_id(&self) -> &str {
+        self.guard.id()
+    }
+
+    /// Writes the request; the deadline starts now. Events arrive on the returned handle.
+    pub async fn send(mut self, request: &Request) -> Result<CallHandle, SandboxError> {
+        let mut line = serde_json::to_vec(request).expect("requests always serialize");
+        line.push(b'\n');
+        self.input.write_all(&line).await?;
+        self.input.flush().await?;
+        let started = Instant::now();
+        let (tx, rx) = mpsc::channel(64);
+        let cancel = CancellationToken::new();
+        let id = self.guard.disarm();
+        let driver = Driver {
+            docker: self.docker.clone(),
+            id: id.clone(),
+            output: self.output,
+            input: self.input,
+            tx,
+            cancel: cancel.clone(),
+            deadline: started + self.profile.timeout(),
+            cap: self.profile.output_bytes,
+            started,
+            permit: self.permit,
+        };
+        tokio::spawn(driver.run());
+        Ok(CallHandle {
+            events: rx,
+            cancel,
+            container_id: id,
+        })
+    }
+
+    /// Kills and removes the container without sending anything.
+    pub async fn discard(mut self) {
+        let id = self.guard.disarm();
+        let _ = remove_container(&self.docker, &id).await;
+    }
+}
+
+/// The caller's side of a running call. Dropping it (or [`CallHandle::cancel`]) kills the
+/// container; it is removed in every case.
+pub struct CallHandle {
+    events: mpsc::Receiver<SandboxEvent>,
+    cancel: CancellationToken,
+    container_id: String,
+}
+
+impl CallHandle {
+    /// The next event; `None` after `Finished`.
+    pub async fn next(&mut self) -> Option<SandboxEvent> {
+        self.events.recv().await
+    }
+
+    pub fn cancel(&self) {
+        self.cancel.cancel();
+    }
+
+    /// A token that cancels this call (for another task, e.g. a user's cancel request).
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    pub fn container_id(&self) -> &str {
+        &self.container_id
+    }
+
+    /// Collects every event until the end (for callers that don't stream).
+    pub async fn collect(mut self) -> (Vec<Event>, Outcome) {
+        let mut events = Vec::new();
+        while let Some(ev) = self.next().await {
+            match ev {
+                SandboxEvent::Executor(e) => events.push(e),
+                SandboxEvent::Finished(o) => return (events, o),
+            }
+        }
+        // The driver always sends `Finished`; reaching here means it panicked.
+        let outcome = Outcome {
+            protocol_error: Some("the sandbox driver ended without an outcome".into()),
+            ..Outcome::default()
+        };
+        (events, outcome)
+    }
+}
+
+impl Drop for CallHandle {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+enum End {
+    Eof,
+    CapExceeded,
+    ReceiverGone,
+    StreamError(String),
+    Timeout,
+    Cancelled,
+}
+
+/// Drives one call: reads the attach stream, enforces deadline and cap, reports, removes.
+struct Driver {
+    docker: Docker,
+    id: String,
+    output: OutputStream,
+    input: Pin<Box<dyn AsyncWrite + Send>>,
+    tx: mpsc::Sender<SandboxEvent>,
+    cancel: CancellationToken,
+    deadline: Instant,
+    cap: u64,
+    started: Instant,
+    permit: OwnedSemaphorePermit,
+}
+
+/// Bytes of stderr kept for diagnostics.
+const STDERR_TAIL: usize = 4096;
+
+#[derive(Default)]
+struct ReadState {
+    total: u64,
+    line: Vec<u8>,
+    stderr: Vec<u8>,
+    protocol_error: Option<String>,
+    /// A `result` or `error` event arrived.
+    finished: bool,
+}
+
+impl Driver {
+    async fn run(self) {
+        let Driver {
+            docker,
+            id,
+            mut output,
+            input,
+            tx,
+            cancel,
+            deadline,
+            cap,
+            started,
+            permit,
+        } = self;
+        let mut st = ReadState::default();
+        let end = {
+            let read = read_events(&mut output, &tx, cap, &mut st);
+            tokio::select! {
+                end = read => end,
+                _ = tokio::time::sleep_until(deadline.into()) => End::Timeout,
+                _ = cancel.cancelled() => End::Cancelled,
+                _ = tx.closed() => End::ReceiverGone,
+            }
+        };
+        drop(output);
+        let mut outcome = Outcome::default();
+        match &end {
+            End::Eof => {}
+            End::CapExceeded => outcome.output_truncated = true,
+            End::Timeout => outcome.timed_out = true,
+            End::Cancelled | End::ReceiverGone => outcome.cancelled = true,
+            End::StreamError(e) => outcome.protocol_error = Some(e.clone()),
+        }
+        if !matches!(end, End::Eof) {
+            let kill = KillContainerOptionsBuilder::default()
+                .signal("SIGKILL")
+                .build();
+            let _ = docker.kill_container(&id, Some(kill)).await;
+        }
+        outcome.exit_code = wait_exit(&docker, &id).await;
+        outcome.duration = started.elapsed();
+        if let Ok(info) = docker
+            .inspect_container(&id, None::<InspectContainerOptions>)
+            .await
+        {
+            if let Some(state) = info.state {
+                outcome.oom_killed = state.oom_killed.unwrap_or(false);
+                if outcome.exit_code.is_none() {
+                    outcome.exit_code = state.exit_code;
+                }
+            }
+        }
+        outcome.output_bytes = st.total;
+        outcome.stderr_tail = String::from_utf8_lossy(&st.stderr).into_owned();
+        if outcome.protocol_error.is_none() {
+            outcome.protocol_error = st.protocol_error;
+        }
+        if matches!(end, End::Eof) && !st.finished && outcome.protocol_error.is_none() {
+            outcome.protocol_error = Some(format!(
+                "the executor exited (status {}) without a result{}",
+                outcome
+                    .exit_code
+                    .map_or_else(|| "unknown".to_string(), |c| c.to_string()),
+                if outcome.oom_killed {
+                    ": it ran out of memory"
+                } else {
+                    ""
+                }
+            ));
+        }
+        let _ = tx.send(SandboxEvent::Finished(outcome)).await;
+        // Removal happens after the caller has its outcome: off the critical path.
+        let _ = remove_container(&docker, &id).await;
+        drop(input);
+        drop(permit);
+    }
+}
+
+async fn wait_exit(docker: &Docker, id: &str) -> Option<i64> {
+    let mut wait = docker.wait_container(id, None::<WaitContainerOptions>);
+    let waited = tokio::time::timeout(Duration::from_secs(30), wait.next()).await;
+    match waited {
+        Ok(Some(Ok(r))) => Some(r.status_code),
+        Ok(Some(Err(DockerError::DockerContainerWaitError { code, .. }))) => Some(code),
+        _ => None,
+    }
+}
+
+async fn read_events(
+    output: &mut OutputStream,
+    tx: &mpsc::Sender<SandboxEvent>,
+    cap: u64,
+    st: &mut ReadState,
+) -> End {
+    while let Some(item) = output.next().await {
+        let (bytes, is_stdout) = match item {
+            Ok(LogOutput::StdOut { message }) => (message, true),
+            Ok(LogOutput::StdErr { message }) => (message, false),
+            Ok(_) => continue,
+            Err(e) => return End::StreamError(format!("attach stream failed: {e}")),
+        };
+        st.total += bytes.len() as u64;
+        if st.total > cap {
+            return End::CapExceeded;
+        }
+        if !is_stdout {
+            st.stderr.extend_from_slice(&bytes);
+            if st.stderr.len() > STDERR_TAIL {
+                let cut = st.stderr.len() - STDERR_TAIL;
+                st.stderr.drain(..cut);
+            }
+            continue;
+        }
+        st.line.extend_from_slice(&bytes);
+        while let Some(pos) = st.line.iter().position(|b| *b == b'\n') {
+            let rest = st.line.split_off(pos + 1);
+            let line = std::mem::replace(&mut st.line, rest);
+            let line = &line[..line.len() - 1];
+            if line.is_empty() {
+                continue;
+            }
+            match serde_json::from_slice::<Event>(line) {
+                Ok(ev) => {
+                    st.finished |= matches!(ev, Event::Result { .. } | Event::Error { .. });
+                    if tx.send(SandboxEvent::Executor(ev)).await.is_err() {
+                        return End::ReceiverGone;
+                    }
+                }
+                Err(e) => {
+                    if st.protocol_error.is_none() {
+                        st.protocol_error = Some(format!(
+                            "the executor wrote a line that is not an event: {e}"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    End::Eof
+}

@@ -1,0 +1,334 @@
+//! The locked container profile: limits and runtime as one typed struct, and the one function
+//! that turns a profile into a Docker container configuration.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bollard::models::{
+    ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount, MountBindOptions,
+    MountBindOptionsPropagationEnum, MountType, ResourcesUlimits,
+};
+use serde::{Deserialize, Serialize};
+
+use super::SandboxError;
+
+/// Label present on every container Airlock creates (the reaper's filter).
+pub const LABEL_MANAGED: &str = "airlock.managed";
+/// Label naming the orchestrator instance that owns the container.
+pub const LABEL_INSTANCE: &str = "airlock.instance";
+pub const LABEL_SESSION: &str = "airlock.session";
+pub const LABEL_CALL: &str = "airlock.call";
+pub const LABEL_TOOL: &str = "airlock.tool";
+
+/// Where the workspace appears inside every container.
+pub const WORKSPACE_MOUNT: &str = "/workspace";
+/// The executor binary inside the image.
+pub const EXECUTOR_PATH: &str = "/usr/local/bin/airlock-executor";
+/// The only environment a container gets (invariant: nothing from the host).
+pub const CONTAINER_ENV: [&str; 3] = ["PATH=/bin:/usr/bin", "HOME=/tmp", "LANG=C.UTF-8"];
+
+/// OCI runtime used to start sandbox containers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    /// The engine's standard runtime.
+    #[default]
+    Runc,
+    /// gVisor: a user-space kernel between the tool and the host kernel.
+    Runsc,
+}
+
+impl Runtime {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Runtime::Runc => "runc",
+            Runtime::Runsc => "runsc",
+        }
+    }
+}
+
+impl std::str::FromStr for Runtime {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "runc" => Ok(Runtime::Runc),
+            "runsc" => Ok(Runtime::Runsc),
+            other => Err(format!(
+                "unknown runtime `{other}`: expected `runc` or `runsc`"
+            )),
+        }
+    }
+}
+
+/// Resource limits and runtime for one sandbox container. Every field has a sane default;
+/// policies (#5) override them per group or user.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Profile {
+    /// Memory limit in bytes; swap is set equal so the container cannot swap.
+    pub memory_bytes: u64,
+    /// CPU quota in CPUs (0.5 = half a core).
+    pub cpus: f64,
+    /// Maximum number of processes/threads (stops fork bombs).
+    pub pids: u32,
+    /// Wall-clock deadline, counted from when the request is written.
+    pub timeout_secs: u64,
+    /// Cap on bytes the container writes to stdout+stderr; exceeding it kills the container.
+    pub output_bytes: u64,
+    /// Size of the tmpfs mounted at `/tmp`.
+    pub tmpfs_bytes: u64,
+    /// `RLIMIT_NOFILE`.
+    pub nofile: u64,
+    /// `RLIMIT_FSIZE`: the largest file a tool can write.
+    pub fsize_bytes: u64,
+    pub runtime: Runtime,
+    /// Non-root uid and gid the tool runs as (the owner of the user's workspace).
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Default for Profile {
+    fn default() -> Self {
+        Profile {
+            memory_bytes: 256 * 1024 * 1024,
+            cpus: 1.0,
+            pids: 128,
+            timeout_secs: 60,
+            output_bytes: 4 * 1024 * 1024,
+            tmpfs_bytes: 64 * 1024 * 1024,
+            nofile: 256,
+            fsize_bytes: 64 * 1024 * 1024,
+            runtime: Runtime::Runc,
+            uid: 65532,
+            gid: 65532,
+        }
+    }
+}
+
+impl Profile {
+    /// Rejects profiles that would weaken the sandbox or cannot start a container.
+    pub fn validate(&self) -> Result<(), SandboxError> {
+        let bad = |msg: String| Err(SandboxError::InvalidProfile(msg));
+        if self.uid == 0 || self.gid == 0 {
+            return bad("uid and gid must not be 0: sandbox containers never run as root".into());
+        }
+        if self.memory_bytes < 8 * 1024 * 1024 {
+            return bad(format!(
+                "memory_bytes = {} is below the 8 MiB minimum",
+                self.memory_bytes
+            ));
+        }
+        if !(self.cpus > 0.0 && self.cpus <= 64.0) {
+            return bad(format!("cpus = {} must be in (0, 64]", self.cpus));
+        }
+        if self.pids < 4 {
+            return bad(format!("pids = {} is below the minimum of 4", self.pids));
+        }
+        if self.timeout_secs == 0 || self.timeout_secs > 24 * 3600 {
+            return bad(format!(
+                "timeout_secs = {} must be between 1 and 86400",
+                self.timeout_secs
+            ));
+        }
+        if self.output_bytes < 4096 {
+            return bad(format!(
+                "output_bytes = {} is below the 4096 minimum",
+                self.output_bytes
+            ));
+        }
+        if self.tmpfs_bytes < 1024 * 1024 {
+            return bad(format!(
+                "tmpfs_bytes = {} is below the 1 MiB minimum",
+                self.tmpfs_bytes
+            ));
+        }
+        if self.nofile < 16 {
+            return bad(format!(
+                "nofile = {} is below the minimum of 16",
+                self.nofile
+            ));
+        }
+        if self.fsize_bytes < 4096 {
+            return bad(format!(
+                "fsize_bytes = {} is below the 4096 minimum",
+                self.fsize_bytes
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_secs)
+    }
+}
+
+/// What one container is for: whose workspace, in which mode, labelled how.
+#[derive(Debug, Clone)]
+pub struct CallSpec {
+    /// Absolute host path of the user's workspace root (bind-mounted, never opened here).
+    pub workspace: PathBuf,
+    /// Mount the workspace read-write (only for an applied mutating call).
+    pub writable: bool,
+    pub session_id: String,
+    pub call_id: String,
+    pub tool: String,
+}
+
+/// THE function that creates every container's configuration. Every field of the locked
+/// profile is set here and nowhere else; callers choose only the values in `Profile` and
+/// `CallSpec`, none of which can weaken isolation (validated above).
+pub fn locked_container_config(
+    image_id: &str,
+    instance: &str,
+    profile: &Profile,
+    spec: &CallSpec,
+) -> ContainerCreateBody {
+    let mut labels = HashMap::new();
+    labels.insert(LABEL_MANAGED.to_string(), "1".to_string());
+    labels.insert(LABEL_INSTANCE.to_string(), instance.to_string());
+    labels.insert(LABEL_SESSION.to_string(), spec.session_id.clone());
+    labels.insert(LABEL_CALL.to_string(), spec.call_id.clone());
+    labels.insert(LABEL_TOOL.to_string(), spec.tool.clone());
+
+    let mut tmpfs = HashMap::new();
+    tmpfs.insert(
+        "/tmp".to_string(),
+        format!(
+            "rw,nosuid,nodev,noexec,size={},mode=1777",
+            profile.tmpfs_bytes
+        ),
+    );
+
+    let ulimit = |name: &str, v: u64| ResourcesUlimits {
+        name: Some(name.to_string()),
+        soft: Some(v as i64),
+        hard: Some(v as i64),
+    };
+
+    let host_config = HostConfig {
+        network_mode: Some("none".into()),
+        readonly_rootfs: Some(true),
+        cap_drop: Some(vec!["ALL".into()]),
+        cap_add: None,
+        // The default seccomp profile stays on because no `seccomp=` option is ever given.
+        security_opt: Some(vec!["no-new-privileges:true".into()]),
+        privileged: Some(false),
+        ipc_mode: Some("private".into()),
+        pid_mode: None,
+        uts_mode: None,
+        userns_mode: None,
+        pids_limit: Some(profile.pids as i64),
+        memory: Some(profile.memory_bytes as i64),
+        memory_swap: Some(profile.memory_bytes as i64),
+        nano_cpus: Some((profile.cpus * 1e9) as i64),
+        ulimits: Some(vec![
+            ulimit("nofile", profile.nofile),
+            ulimit("fsize", profile.fsize_bytes),
+        ]),
+        tmpfs: Some(tmpfs),
+        mounts: Some(vec![Mount {
+            target: Some(WORKSPACE_MOUNT.into()),
+            source: Some(spec.workspace.to_string_lossy().into_owned()),
+            typ: Some(MountType::BIND),
+            read_only: Some(!spec.writable),
+            bind_options: Some(MountBindOptions {
+                propagation: Some(MountBindOptionsPropagationEnum::RPRIVATE),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }]),
+        binds: None,
+        // No log driver: a flood of output never lands on the host's disk.
+        log_config: Some(HostConfigLogConfig {
+            typ: Some("none".into()),
+            config: None,
+        }),
+        runtime: Some(profile.runtime.as_str().into()),
+        init: Some(false),
+        auto_remove: Some(false),
+        oom_kill_disable: Some(false),
+        ..Default::default()
+    };
+
+    ContainerCreateBody {
+        image: Some(image_id.to_string()),
+        entrypoint: Some(vec![EXECUTOR_PATH.into()]),
+        cmd: Some(vec![]),
+        user: Some(format!("{}:{}", profile.uid, profile.gid)),
+        env: Some(CONTAINER_ENV.iter().map(|s| s.to_string()).collect()),
+        working_dir: Some(WORKSPACE_MOUNT.into()),
+        hostname: Some("sandbox".into()),
+        network_disabled: Some(true),
+        attach_stdin: Some(true),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        open_stdin: Some(true),
+        stdin_once: Some(true),
+        tty: Some(false),
+        labels: Some(labels),
+        host_config: Some(host_config),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(writable: bool) -> CallSpec {
+        CallSpec {
+            workspace: "/srv/ws/alice".into(),
+            writable,
+            session_id: "s1".into(),
+            call_id: "c1".into(),
+            tool: "read_file".into(),
+        }
+    }
+
+    #[test]
+    fn config_applies_the_whole_profile() {
+        let p = Profile::default();
+        let c = locked_container_config("sha256:abc", "test", &p, &spec(false));
+        let h = c.host_config.as_ref().unwrap();
+        assert_eq!(h.network_mode.as_deref(), Some("none"));
+        assert_eq!(h.readonly_rootfs, Some(true));
+        assert_eq!(h.cap_drop.as_deref(), Some(&["ALL".to_string()][..]));
+        assert_eq!(h.memory, h.memory_swap);
+        assert_eq!(h.mounts.as_ref().unwrap().len(), 1);
+        assert_eq!(h.mounts.as_ref().unwrap()[0].read_only, Some(true));
+        assert!(!h
+            .security_opt
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|o| o.contains("seccomp")));
+        assert_eq!(c.user.as_deref(), Some("65532:65532"));
+        assert_eq!(c.env.as_ref().unwrap().len(), 3);
+        let w = locked_container_config("sha256:abc", "test", &p, &spec(true));
+        assert_eq!(
+            w.host_config.unwrap().mounts.unwrap()[0].read_only,
+            Some(false)
+        );
+    }
+
+    #[test]
+    fn root_and_silly_limits_are_refused() {
+        let mut p = Profile {
+            uid: 0,
+            ..Profile::default()
+        };
+        assert!(p.validate().is_err());
+        p.uid = 1000;
+        assert!(p.validate().is_ok());
+        p.cpus = 0.0;
+        assert!(p.validate().is_err());
+    }
+
+    #[test]
+    fn profile_rejects_unknown_keys() {
+        let err = serde_json::from_str::<Profile>(r#"{"memory_bytes": 1, "privileged": true}"#)
+            .unwrap_err();
+        assert!(err.to_string().contains("privileged"));
+    }
+}
