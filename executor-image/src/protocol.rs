@@ -442,7 +442,8 @@ mod tests {
 
     #[test]
     fn request_round_trips() {
-        let json = r#"{"call":{"tool":"read_file","args":{"path":"a.txt","limit":3}},"mode":"preview"}"#;
+        let json =
+            r#"{"call":{"tool":"read_file","args":{"path":"a.txt","limit":3}},"mode":"preview"}"#;
         let req: Request = serde_json::from_str(json).unwrap();
         assert_eq!(
             req.call,

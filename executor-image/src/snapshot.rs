@@ -1,0 +1,274 @@
+//! Before/after snapshots of the workspace, to report what a `run_shell` command changed.
+//!
+//! A snapshot records every entry's kind, size, mtime, inode and mode (symlinks are not
+//! followed), plus the content of small text files so modifications come with a diff. It is
+//! bounded: at most `max_snapshot_files` entries (walked in sorted order, so a truncated snapshot
+//! is a prefix of the full one) and [`CONTENT_BUDGET`] bytes of content. Files under a no-access
+//! protected path are tracked by metadata only: a change is reported, their content never.
+
+use crate::dir::{open_file_in, open_subdir, read_entries, Meta};
+use crate::protect::Protections;
+use crate::protocol::{ChangeKind, EntryKind, ExecLimits, FileChange};
+use crate::resolve::RelPath;
+use crate::text::{as_text, unified_diff};
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::os::fd::{AsFd, BorrowedFd};
+
+/// Most content bytes one snapshot keeps for diffs.
+pub const CONTENT_BUDGET: u64 = 16 * 1024 * 1024;
+/// Most diff bytes one change report carries; later changes are reported without a diff.
+pub const REPORT_DIFF_BUDGET: usize = 1024 * 1024;
+/// Deepest directory level snapshotted (each level holds one fd open).
+const MAX_SNAPSHOT_DEPTH: usize = 256;
+
+#[derive(Debug)]
+struct Item {
+    meta: Meta,
+    /// UTF-8 content of a small text file.
+    text: Option<String>,
+    protected: bool,
+}
+
+/// Entries keyed by path with `/` replaced by NUL, so byte order is the walk's (component) order.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    items: BTreeMap<Vec<u8>, Item>,
+    /// Set when the entry cap stopped the walk; `items` is then a prefix in key order.
+    truncated: bool,
+}
+
+impl Snapshot {
+    pub fn take(root: BorrowedFd<'_>, prot: &Protections, limits: &ExecLimits) -> Snapshot {
+        let mut walker = Walker {
+            prot,
+            limits,
+            budget: CONTENT_BUDGET,
+            snap: Snapshot::default(),
+        };
+        walker.walk(root, &RelPath::root(), 0);
+        walker.snap
+    }
+
+    pub fn is_truncated(&self) -> bool {
+        self.truncated
+    }
+
+    /// Created / modified / deleted non-directories between `self` (before) and `after`.
+    pub fn changes(&self, after: &Snapshot) -> Vec<FileChange> {
+        // Only compare the part both snapshots cover.
+        let limit = [self, after]
+            .iter()
+            .filter(|s| s.truncated)
+            .filter_map(|s| s.items.keys().next_back())
+            .min()
+            .cloned();
+        let covered = |k: &Vec<u8>| limit.as_ref().is_none_or(|l| k <= l);
+        let mut keys: Vec<&Vec<u8>> = self
+            .items
+            .keys()
+            .chain(after.items.keys())
+            .filter(|k| covered(k))
+            .collect();
+        keys.sort();
+        keys.dedup();
+
+        let mut budget = REPORT_DIFF_BUDGET;
+        let mut out = Vec::new();
+        for key in keys {
+            let old = self
+                .items
+                .get(key)
+                .filter(|i| i.meta.kind != EntryKind::Dir);
+            let new = after
+                .items
+                .get(key)
+                .filter(|i| i.meta.kind != EntryKind::Dir);
+            let (kind, old_text, new_text) = match (old, new) {
+                (None, None) => continue,
+                (None, Some(n)) => (ChangeKind::Created, Some(""), n.text.as_deref()),
+                (Some(o), None) => (ChangeKind::Deleted, o.text.as_deref(), Some("")),
+                (Some(o), Some(n)) => {
+                    if o.meta == n.meta && o.text == n.text {
+                        continue;
+                    }
+                    (ChangeKind::Modified, o.text.as_deref(), n.text.as_deref())
+                }
+            };
+            let path: Vec<u8> = key
+                .iter()
+                .map(|b| if *b == 0 { b'/' } else { *b })
+                .collect();
+            let path = String::from_utf8_lossy(&path).into_owned();
+            let protected = old.is_some_and(|i| i.protected) || new.is_some_and(|i| i.protected);
+            let diff = match (protected, old_text, new_text) {
+                (false, Some(a), Some(b)) if a != b => Some(unified_diff(a, b, &path)),
+                _ => None,
+            }
+            .filter(|d| {
+                let fits = d.len() <= budget;
+                if fits {
+                    budget -= d.len();
+                }
+                fits
+            });
+            out.push(FileChange { path, kind, diff });
+        }
+        out
+    }
+}
+
+struct Walker<'a> {
+    prot: &'a Protections,
+    limits: &'a ExecLimits,
+    budget: u64,
+    snap: Snapshot,
+}
+
+impl Walker<'_> {
+    fn walk(&mut self, dir: BorrowedFd<'_>, rel: &RelPath, depth: usize) {
+        // An unreadable directory is recorded (by its parent) but its content is not.
+        let Ok(entries) = read_entries(dir) else {
+            return;
+        };
+        for entry in entries {
+            if self.snap.truncated {
+                return;
+            }
+            if self.snap.items.len() >= self.limits.max_snapshot_files as usize {
+                self.snap.truncated = true;
+                return;
+            }
+            let child = rel.join(&entry.name);
+            let protected = self.prot.is_no_access(&child);
+            let text = match entry.meta.kind {
+                EntryKind::File if !protected => self.read_text(dir, &entry.name, &entry.meta),
+                _ => None,
+            };
+            let key: Vec<u8> = child
+                .as_bytes()
+                .iter()
+                .map(|b| if *b == b'/' { 0 } else { *b })
+                .collect();
+            self.snap.items.insert(
+                key,
+                Item {
+                    meta: entry.meta,
+                    text,
+                    protected,
+                },
+            );
+            if entry.meta.kind == EntryKind::Dir {
+                if depth + 1 >= MAX_SNAPSHOT_DEPTH {
+                    self.snap.truncated = true;
+                    return;
+                }
+                if let Ok(sub) = open_subdir(dir, &entry.name) {
+                    self.walk(sub.as_fd(), &child, depth + 1);
+                }
+            }
+        }
+    }
+
+    fn read_text(&mut self, dir: BorrowedFd<'_>, name: &[u8], meta: &Meta) -> Option<String> {
+        if meta.size > self.limits.max_diff_file_bytes || meta.size > self.budget {
+            return None;
+        }
+        let file = open_file_in(dir, name).ok()?;
+        let mut data = Vec::new();
+        file.take(meta.size + 1).read_to_end(&mut data).ok()?;
+        if data.len() as u64 != meta.size {
+            return None;
+        }
+        let text = as_text(&data)?.to_string();
+        self.budget -= meta.size;
+        Some(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{ProtectedPath, Protection};
+    use crate::testutil::*;
+
+    fn snap(t: &T, limits: &ExecLimits) -> Snapshot {
+        let ws =
+            crate::resolve::Workspace::open(&t.root(), crate::resolve::Strategy::Auto).unwrap();
+        let prot = Protections::new(&[ProtectedPath {
+            glob: "**/.env".into(),
+            protection: Protection::NoAccess,
+        }])
+        .unwrap();
+        Snapshot::take(ws.root_fd(), &prot, limits)
+    }
+
+    #[test]
+    fn reports_created_modified_deleted_with_diffs() {
+        let t = T::new(crate::resolve::Strategy::Auto);
+        let limits = ExecLimits::default();
+        t.write("keep.txt", "same\n");
+        t.write("mod.txt", "a\nb\n");
+        t.write("del.txt", "bye\n");
+        t.write(".env", "OLD=1\n");
+        t.write_bytes("bin", b"\0\x01");
+        t.mkdir("olddir");
+        let before = snap(&t, &limits);
+        t.write("mod.txt", "a\nB\n");
+        std::fs::remove_file(t.path("del.txt")).unwrap();
+        t.write("sub/new.txt", "hello\n");
+        t.write(".env", "NEW=2\n");
+        t.write_bytes("bin", b"\0\x02\x03");
+        std::fs::remove_dir(t.path("olddir")).unwrap();
+        let after = snap(&t, &limits);
+        let changes = before.changes(&after);
+        let got: Vec<(&str, ChangeKind)> =
+            changes.iter().map(|c| (c.path.as_str(), c.kind)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (".env", ChangeKind::Modified),
+                ("bin", ChangeKind::Modified),
+                ("del.txt", ChangeKind::Deleted),
+                ("mod.txt", ChangeKind::Modified),
+                ("sub/new.txt", ChangeKind::Created),
+            ]
+        );
+        assert_eq!(changes[0].diff, None, "protected content leaked");
+        assert_eq!(changes[1].diff, None);
+        assert!(changes[2].diff.as_deref().unwrap().contains("-bye"));
+        assert!(changes[3].diff.as_deref().unwrap().contains("-b\n+B\n"));
+        assert!(changes[4].diff.as_deref().unwrap().contains("+hello"));
+    }
+
+    #[test]
+    fn truncated_snapshots_compare_only_the_common_prefix() {
+        let t = T::new(crate::resolve::Strategy::Auto);
+        let limits = ExecLimits {
+            max_snapshot_files: 3,
+            ..ExecLimits::default()
+        };
+        for n in ["a", "b", "c", "d", "e"] {
+            t.write(n, n);
+        }
+        let before = snap(&t, &limits);
+        assert!(before.is_truncated());
+        t.write("a", "changed");
+        t.write("e", "changed");
+        std::fs::remove_file(t.path("b")).unwrap();
+        let after = snap(&t, &limits);
+        let got: Vec<(String, ChangeKind)> = before
+            .changes(&after)
+            .into_iter()
+            .map(|c| (c.path, c.kind))
+            .collect();
+        // `d` slid into the second snapshot's window: not a creation; `e` is beyond both.
+        assert_eq!(
+            got,
+            vec![
+                ("a".into(), ChangeKind::Modified),
+                ("b".into(), ChangeKind::Deleted)
+            ]
+        );
+    }
+}
