@@ -4,6 +4,7 @@
 //! Nothing here skips a test when a service is missing: it panics with what is missing and
 //! how to get it.
 
+pub mod redis_server;
 use std::os::unix::fs::{chown, symlink};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -58,22 +58,21 @@ async fn running_container_has_the_whole_locked_profile() {
                 .trim()
                 .to_string()
         };
-        for cap in ["CapInh", "CapPrm", "CapEff", "CapAmb"] {
+        for cap in ["CapInh", "CapPrm", "CapEff", "CapBnd"] {
             assert_eq!(
                 u64::from_str_radix(&field(cap), 16),
                 Ok(0),
                 "[{runtime:?}] {cap}"
             );
         }
-        assert_eq!(field("NoNewPrivs"), "1", "[{runtime:?}]");
         if runtime == Runtime::Runc {
+            // gVisor's /proc/self/status has no CapAmb or NoNewPrivs lines and reports
+            // Seccomp 0 (its Sentry enforces these itself); the inspect checks below cover
+            // the settings there.
+            assert_eq!(u64::from_str_radix(&field("CapAmb"), 16), Ok(0));
+            assert_eq!(field("NoNewPrivs"), "1");
             // 2 = a seccomp filter is installed (the engine's default profile).
-            assert_eq!(field("Seccomp"), "2", "[{runtime:?}]");
-            assert_eq!(
-                u64::from_str_radix(&field("CapBnd"), 16),
-                Ok(0),
-                "[{runtime:?}]"
-            );
+            assert_eq!(field("Seccomp"), "2");
         }
         let ids: Vec<&str> = inside
             .lines()

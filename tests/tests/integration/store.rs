@@ -1,0 +1,1211 @@
+//! The Redis store against a real `redis-server` (one per test): sessions, the call state
+//! machine stored atomically, event streams with resume, approvals that race, expire and bind
+//! to the arguments' hash, the audit stream, and Redis going away and coming back.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use airlock::calls::{CallStatus, Decision};
+use airlock::store::{
+    kinds, now_ms, AuditEntry, CallRecord, DecisionResult, SessionRecord, Store, StoreError,
+    StoreOptions,
+};
+use airlock_tests::redis_server::{RedisOptions, RedisServer};
+use serde_json::json;
+
+const HASH: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+const OTHER_HASH: &str = "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210";
+
+/// A fresh UUID-shaped id (the tests crate has no uuid dependency).
+fn new_id() -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let n = N.fetch_add(1, Ordering::SeqCst);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    format!(
+        "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+        t as u32,
+        std::process::id() & 0xffff,
+        (n >> 12) & 0xfff,
+        n & 0xfff,
+        t >> 16
+    )
+}
+
+fn looks_like_uuid(s: &str) -> bool {
+    s.len() == 36
+        && s.char_indices().all(|(i, ch)| {
+            if [8, 13, 18, 23].contains(&i) {
+                ch == '-'
+            } else {
+                ch.is_ascii_hexdigit()
+            }
+        })
+}
+
+async fn open_store(server: &RedisServer) -> Store {
+    Store::connect(&server.url(), "airlock:")
+        .await
+        .expect("connect to the test redis")
+}
+
+async fn raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// A new call of `session` in `status`; awaiting calls expire `ttl_ms` from now.
+fn new_call(session: &SessionRecord, status: CallStatus, ttl_ms: u64) -> CallRecord {
+    let now = now_ms();
+    CallRecord {
+        id: new_id(),
+        session_id: session.id.clone(),
+        owner: session.owner.clone(),
+        tool: "write_file".into(),
+        args: json!({"path": "notes.txt", "content": "SECRET FILE BODY"}),
+        args_sha256: HASH.into(),
+        status,
+        decision: Decision::Ask,
+        rule: "ask-writes".into(),
+        policy_sha256: "p".repeat(64),
+        preview: Some(json!({"diff": "+hello\n"})),
+        expected_sha256: Some("e".repeat(64)),
+        created_at_ms: now,
+        updated_at_ms: now,
+        expires_at_ms: (status == CallStatus::AwaitingApproval).then_some(now + ttl_ms),
+        decided_by: None,
+        decided_at_ms: None,
+        reason: None,
+        result: None,
+        error: None,
+        outcome: None,
+    }
+}
+
+/// A session of `owner` with one call awaiting approval for `ttl_ms`.
+async fn pending_call(store: &Store, owner: &str, ttl_ms: u64) -> (SessionRecord, CallRecord) {
+    let s = store.create_session(owner).await.unwrap();
+    let c = new_call(&s, CallStatus::AwaitingApproval, ttl_ms);
+    store
+        .create_call(&c, ("proposed", json!({"tool": c.tool})))
+        .await
+        .unwrap();
+    (s, c)
+}
+
+async fn status(store: &Store, id: &str) -> CallStatus {
+    store
+        .get_call(id)
+        .await
+        .unwrap()
+        .expect("call exists")
+        .status
+}
+
+#[tokio::test]
+async fn sessions_are_created_listed_per_owner_and_deleted_with_everything() {
+    let server = RedisServer::start();
+    let store = open_store(&server).await;
+    let a1 = store.create_session("alice").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let a2 = store.create_session("alice").await.unwrap();
+    let b1 = store.create_session("bob").await.unwrap();
+    assert_ne!(a1.id, a2.id);
+    assert!(looks_like_uuid(&a1.id), "{}", a1.id);
+
+    assert_eq!(store.get_session(&a1.id).await.unwrap(), Some(a1.clone()));
+    assert_eq!(store.get_session("no-such-session").await.unwrap(), None);
+    assert_eq!(store.get_session("x:events").await.unwrap(), None);
+    assert_eq!(
+        store.list_sessions("alice").await.unwrap(),
+        vec![a2.clone(), a1.clone()],
+        "newest first, only alice's"
+    );
+    assert_eq!(store.list_sessions("bob").await.unwrap(), vec![b1.clone()]);
+    assert!(store.list_sessions("carol").await.unwrap().is_empty());
+
+    // A session with events, a pending approval and a running call.
+    let pending = new_call(&a1, CallStatus::AwaitingApproval, 60_000);
+    store
+        .create_call(&pending, ("proposed", json!({})))
+        .await
+        .unwrap();
+    let running = new_call(&a1, CallStatus::Approved, 0);
+    store
+        .create_call(&running, ("proposed", json!({})))
+        .await
+        .unwrap();
+    store
+        .transition(&running.id, CallStatus::Running, &[], None, None)
+        .await
+        .unwrap();
+    store
+        .append_event(&a1.id, "assistant_text", &json!({"text": "hi"}))
+        .await
+        .unwrap();
+    assert_eq!(store.pending_count().await.unwrap(), 1);
+    assert_eq!(
+        store.running_calls().await.unwrap(),
+        vec![running.id.clone()]
+    );
+
+    store.delete_session(&a1.id).await.unwrap();
+    assert_eq!(store.get_session(&a1.id).await.unwrap(), None);
+    assert_eq!(
+        store.list_sessions("alice").await.unwrap(),
+        vec![a2.clone()]
+    );
+    assert_eq!(store.get_call(&pending.id).await.unwrap(), None);
+    assert_eq!(store.get_call(&running.id).await.unwrap(), None);
+    assert!(store
+        .read_events(&a1.id, None, 100)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(store.pending_count().await.unwrap(), 0);
+    assert!(store.running_calls().await.unwrap().is_empty());
+    let mut r = raw(&server).await;
+    let k = store.keys();
+    for key in [
+        k.session(&a1.id),
+        k.events(&a1.id),
+        k.session_calls(&a1.id),
+        k.call(&pending.id),
+        k.approval(&pending.id),
+        k.call(&running.id),
+    ] {
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(&key)
+            .query_async(&mut r)
+            .await
+            .unwrap();
+        assert!(!exists, "{key} survived the session's deletion");
+    }
+    assert_eq!(
+        store.delete_session(&a1.id).await,
+        Err(StoreError::NotFound)
+    );
+    // Events cannot be appended to a session that does not exist.
+    assert_eq!(
+        store.append_event(&a1.id, "x", &json!({})).await,
+        Err(StoreError::NotFound)
+    );
+    assert_eq!(store.list_sessions("bob").await.unwrap(), vec![b1]);
+}
+
+#[tokio::test]
+async fn a_call_walks_the_legal_path_with_events_and_audit() {
+    let server = RedisServer::start();
+    let store = open_store(&server).await;
+    let s = store.create_session("alice").await.unwrap();
+    let mut c = new_call(&s, CallStatus::Proposed, 0);
+    let e0 = store
+        .create_call(
+            &c,
+            (
+                "proposed",
+                json!({"tool": "write_file", "preview": c.preview}),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.get_call(&c.id).await.unwrap(), Some(c.clone()));
+    assert_eq!(store.list_calls(&s.id).await.unwrap(), vec![c.clone()]);
+    assert_eq!(
+        store.create_call(&c, ("proposed", json!({}))).await,
+        Err(StoreError::Conflict {
+            current: CallStatus::Proposed
+        }),
+        "a call id is created once"
+    );
+
+    // proposed -> awaiting_approval: needs an expiry, which arms the approval key.
+    assert!(matches!(
+        store
+            .transition(&c.id, CallStatus::AwaitingApproval, &[], None, None)
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert_eq!(status(&store, &c.id).await, CallStatus::Proposed);
+    let expires = now_ms() + 60_000;
+    let (rec, e1) = store
+        .transition(
+            &c.id,
+            CallStatus::AwaitingApproval,
+            &[("expires_at_ms", expires.to_string())],
+            Some(("approval_required", json!({"expires_at_ms": expires}))),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(rec.status, CallStatus::AwaitingApproval);
+    assert_eq!(rec.expires_at_ms, Some(expires));
+    assert_eq!(store.pending_count().await.unwrap(), 1);
+    let mut r = raw(&server).await;
+    let bound: String = redis::cmd("GET")
+        .arg(store.keys().approval(&c.id))
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert_eq!(bound, HASH);
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(store.keys().approval(&c.id))
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert!(ttl > 50_000 && ttl <= 60_000, "approval key TTL {ttl}");
+
+    // The owner approves with the hash they were shown.
+    let DecisionResult::Approved { call, event_id: e2 } = store
+        .decide(&c.id, "alice", HASH, true, Some("looks right"), now_ms())
+        .await
+        .unwrap()
+    else {
+        panic!("expected approval")
+    };
+    assert_eq!(call.status, CallStatus::Approved);
+    assert_eq!(call.decided_by.as_deref(), Some("alice"));
+    assert_eq!(call.reason.as_deref(), Some("looks right"));
+    assert!(call.decided_at_ms.is_some());
+    assert_eq!(store.pending_count().await.unwrap(), 0);
+    let gone: bool = redis::cmd("EXISTS")
+        .arg(store.keys().approval(&c.id))
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert!(!gone, "the approval is single use");
+
+    let (rec, e3) = store
+        .transition(
+            &c.id,
+            CallStatus::Running,
+            &[],
+            Some(("started", json!({}))),
+            Some(&AuditEntry::for_call(
+                &call, "system", "started", "running", None,
+            )),
+        )
+        .await
+        .unwrap();
+    assert_eq!(rec.status, CallStatus::Running);
+    assert_eq!(store.running_calls().await.unwrap(), vec![c.id.clone()]);
+    let result = json!({"diff": "+hello\n", "sha256": "f".repeat(64)});
+    let (rec, e4) = store
+        .transition(
+            &c.id,
+            CallStatus::Succeeded,
+            &[
+                ("result", result.to_string()),
+                ("outcome", json!({"exit": 0}).to_string()),
+            ],
+            Some(("result", json!({"result": result}))),
+            Some(&AuditEntry::for_call(
+                &call,
+                "system",
+                "finished",
+                "succeeded",
+                None,
+            )),
+        )
+        .await
+        .unwrap();
+    assert_eq!(rec.status, CallStatus::Succeeded);
+    assert_eq!(rec.result, Some(result));
+    assert_eq!(rec.outcome, Some(json!({"exit": 0})));
+    assert!(rec.updated_at_ms >= rec.created_at_ms);
+    assert!(store.running_calls().await.unwrap().is_empty());
+    c = rec;
+
+    // The session's events, in order, each stamped with the call and its new status.
+    let events = store.read_events(&s.id, None, 100).await.unwrap();
+    let ids: Vec<_> = events.iter().map(|e| e.id.clone()).collect();
+    assert_eq!(
+        ids,
+        vec![e0, e1.unwrap(), e2, e3.unwrap(), e4.unwrap()],
+        "events: {events:#?}"
+    );
+    let kinds_seen: Vec<_> = events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(
+        kinds_seen,
+        [
+            "proposed",
+            "approval_required",
+            kinds::APPROVED,
+            "started",
+            "result"
+        ]
+    );
+    let statuses: Vec<_> = events
+        .iter()
+        .map(|e| e.data["status"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            "proposed",
+            "awaiting_approval",
+            "approved",
+            "running",
+            "succeeded"
+        ]
+    );
+    assert!(events.iter().all(|e| e.data["call_id"] == c.id.as_str()));
+    assert_eq!(events[2].data["decided_by"], "alice");
+    assert_eq!(events[0].data["preview"], json!({"diff": "+hello\n"}));
+
+    // The audit trail: who proposed, who decided, with the args hash — never the arguments.
+    let audit = store.read_audit(None, 100).await.unwrap();
+    let actions: Vec<_> = audit
+        .iter()
+        .map(|(_, a)| (a.action.as_str(), a.actor.as_str(), a.outcome.as_str()))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("proposed", "alice", "proposed"),
+            ("approved", "alice", "approved"),
+            ("started", "system", "running"),
+            ("finished", "system", "succeeded"),
+        ]
+    );
+    for (_, a) in &audit {
+        assert_eq!(a.args_sha256, HASH);
+        assert_eq!(a.call_id, c.id);
+        assert_eq!(a.session_id, s.id);
+        assert_eq!(a.tool, "write_file");
+        assert_eq!(a.policy_sha256, "p".repeat(64));
+    }
+    let raw_audit: redis::Value = redis::cmd("XRANGE")
+        .arg(store.keys().audit())
+        .arg("-")
+        .arg("+")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert!(
+        !format!("{raw_audit:?}").contains("SECRET FILE BODY"),
+        "file contents leaked into the audit stream"
+    );
+    // Audit pages resume after an id, like events.
+    let later = store.read_audit(Some(&audit[1].0), 100).await.unwrap();
+    assert_eq!(later, audit[2..].to_vec());
+}
+
+#[tokio::test]
+async fn an_illegal_transition_is_a_conflict_and_changes_nothing() {
+    let server = RedisServer::start();
+    let store = open_store(&server).await;
+    let s = store.create_session("alice").await.unwrap();
+    let c = new_call(&s, CallStatus::Denied, 0);
+    store.create_call(&c, ("denied", json!({}))).await.unwrap();
+    let before = store.get_call(&c.id).await.unwrap().unwrap();
+    let events_before = store.read_events(&s.id, None, 100).await.unwrap();
+    let audit_before = store.read_audit(None, 100).await.unwrap();
+    for to in [
+        CallStatus::Approved,
+        CallStatus::Running,
+        CallStatus::Succeeded,
+        CallStatus::AwaitingApproval,
+        CallStatus::Proposed,
+    ] {
+        let r = store
+            .transition(
+                &c.id,
+                to,
+                &[("result", "{}".into())],
+                Some(("nope", json!({}))),
+                Some(&AuditEntry::for_call(&before, "x", "x", "x", None)),
+            )
+            .await;
+        assert_eq!(
+            r,
+            Err(StoreError::Conflict {
+                current: CallStatus::Denied
+            }),
+            "denied -> {to}"
+        );
+    }
+    assert_eq!(store.get_call(&c.id).await.unwrap().unwrap(), before);
+    assert_eq!(
+        store.read_events(&s.id, None, 100).await.unwrap(),
+        events_before
+    );
+    assert_eq!(store.read_audit(None, 100).await.unwrap(), audit_before);
+
+    // Unknown calls, forbidden patch fields and bad starting states are refused up front.
+    assert_eq!(
+        store
+            .transition("no-such-call", CallStatus::Running, &[], None, None)
+            .await,
+        Err(StoreError::NotFound)
+    );
+    assert!(matches!(
+        store
+            .transition(
+                &c.id,
+                CallStatus::Failed,
+                &[("status", "running".into())],
+                None,
+                None
+            )
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
+    let bad = new_call(&s, CallStatus::Running, 0);
+    assert!(matches!(
+        store.create_call(&bad, ("x", json!({}))).await,
+        Err(StoreError::Invalid(_))
+    ));
+    let mut no_expiry = new_call(&s, CallStatus::AwaitingApproval, 0);
+    no_expiry.expires_at_ms = None;
+    assert!(matches!(
+        store.create_call(&no_expiry, ("x", json!({}))).await,
+        Err(StoreError::Invalid(_))
+    ));
+    let mut foreign = new_call(&s, CallStatus::Proposed, 0);
+    foreign.owner = "mallory".into();
+    assert!(matches!(
+        store.create_call(&foreign, ("x", json!({}))).await,
+        Err(StoreError::Invalid(_))
+    ));
+    let mut orphan = new_call(&s, CallStatus::Proposed, 0);
+    orphan.session_id = new_id();
+    assert_eq!(
+        store.create_call(&orphan, ("x", json!({}))).await,
+        Err(StoreError::NotFound)
+    );
+    assert_eq!(store.get_call(&bad.id).await.unwrap(), None);
+    assert_eq!(store.list_calls(&s.id).await.unwrap(), vec![before]);
+}
+
+#[tokio::test]
+async fn events_resume_after_an_id_with_nothing_lost_or_repeated() {
+    let server = RedisServer::start();
+    let store = open_store(&server).await;
+    let s = store.create_session("alice").await.unwrap();
+    let other = store.create_session("alice").await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..25 {
+        ids.push(
+            store
+                .append_event(&s.id, "output", &json!({"chunk": i}))
+                .await
+                .unwrap(),
+        );
+        store
+            .append_event(&other.id, "output", &json!({"other": i}))
+            .await
+            .unwrap();
+    }
+    let parse = |id: &str| {
+        let (a, b) = id.split_once('-').unwrap();
+        (a.parse::<u64>().unwrap(), b.parse::<u64>().unwrap())
+    };
+    assert!(
+        ids.windows(2).all(|w| parse(&w[0]) < parse(&w[1])),
+        "{ids:?}"
+    );
+
+    // Page through with `after`, 7 at a time: every event exactly once, in order.
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store.read_events(&s.id, after.as_deref(), 7).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= 7);
+        after = Some(page.last().unwrap().id.clone());
+        seen.extend(page);
+    }
+    assert_eq!(seen.iter().map(|e| e.id.clone()).collect::<Vec<_>>(), ids);
+    for (i, e) in seen.iter().enumerate() {
+        assert_eq!(e.kind, "output");
+        assert_eq!(e.data, json!({"chunk": i}));
+    }
+    // Resuming after event 10 returns exactly the later ones.
+    let later = store.read_events(&s.id, Some(&ids[10]), 100).await.unwrap();
+    assert_eq!(
+        later.iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
+        ids[11..].to_vec()
+    );
+    assert!(store
+        .read_events(&s.id, Some(ids.last().unwrap()), 100)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .read_events(&s.id, Some("18446744073709551615-18446744073709551615"), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store.read_events(&s.id, None, 0).await.unwrap().is_empty());
+    for bad in ["", "abc", "1", "1-", "-1", "1-x", "+", "$", "(1-0", "1-0 "] {
+        assert!(
+            matches!(
+                store.read_events(&s.id, Some(bad), 10).await,
+                Err(StoreError::InvalidEventId(_))
+            ),
+            "after={bad:?}"
+        );
+        assert!(matches!(
+            store
+                .wait_events(&s.id, Some(bad), 10, Duration::from_millis(10))
+                .await,
+            Err(StoreError::InvalidEventId(_))
+        ));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn wait_events_wakes_up_on_append_without_stalling_other_commands() {
+    let server = RedisServer::start();
+    let store = open_store(&server).await;
+    let s = store.create_session("alice").await.unwrap();
+    let first = store
+        .append_event(&s.id, "output", &json!({"n": 0}))
+        .await
+        .unwrap();
+
+    // Something already there: no wait.
+    let t = Instant::now();
+    let got = store
+        .wait_events(&s.id, None, 10, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert!(t.elapsed() < Duration::from_secs(2));
+
+    // Nothing there: wakes when another task appends.
+    let writer = {
+        let store = store.clone();
+        let sid = s.id.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            store
+                .append_event(&sid, "output", &json!({"n": 1}))
+                .await
+                .unwrap()
+        })
+    };
+    // Meanwhile the shared connection keeps answering.
+    let pinger = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let t = Instant::now();
+            store.ping().await.unwrap();
+            t.elapsed()
+        })
+    };
+    let t = Instant::now();
+    let got = store
+        .wait_events(&s.id, Some(&first), 10, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let waited = t.elapsed();
+    let appended = writer.await.unwrap();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].id, appended);
+    assert_eq!(got[0].data, json!({"n": 1}));
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_secs(5),
+        "woke after {waited:?}"
+    );
+    let ping_took = pinger.await.unwrap();
+    assert!(
+        ping_took < Duration::from_millis(500),
+        "a blocked reader stalled the shared connection: ping took {ping_took:?}"
+    );
+
+    // Nothing arrives: returns empty after about `block`.
+    let t = Instant::now();
+    let got = store
+        .wait_events(&s.id, Some(&appended), 10, Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert!(got.is_empty());
+    assert!(t.elapsed() >= Duration::from_millis(250) && t.elapsed() < Duration::from_secs(3));
+
+    // Many waiters at once all wake on one append.
+    let mut waiters = Vec::new();
+    for _ in 0..20 {
+        let store = store.clone();
+        let sid = s.id.clone();
+        let after = appended.clone();
+        waiters.push(tokio::spawn(async move {
+            store
+                .wait_events(&sid, Some(&after), 10, Duration::from_secs(20))
+                .await
+                .unwrap()
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let last = store
+        .append_event(&s.id, "output", &json!({"n": 2}))
+        .await
+        .unwrap();
+    for w in waiters {
+        let got = tokio::time::timeout(Duration::from_secs(5), w)
+            .await
+            .expect("every waiter wakes")
+            .unwrap();
+        assert_eq!(
+            got.iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
+            [last.clone()]
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_racing_approvals_exactly_one_wins() {
+    let server = RedisServer::start();
+    // Two stores = two orchestrators with their own connections.
+    let a = open_store(&server).await;
+    let b = open_store(&server).await;
+    for i in 0..50 {
+        let (s, c) = pending_call(&a, "alice", 60_000).await;
+        let (ra, rb) = {
+            let (a, b) = (a.clone(), b.clone());
+            let (ida, idb) = (c.id.clone(), c.id.clone());
+            let ta =
+                tokio::spawn(
+                    async move { a.decide(&ida, "alice", HASH, true, None, now_ms()).await },
+                );
+            let tb = tokio::spawn(async move {
+                // Half the time the second decision is a denial: still exactly one wins.
+                b.decide(&idb, "alice", HASH, i % 2 == 0, None, now_ms())
+                    .await
+            });
+            (ta.await.unwrap().unwrap(), tb.await.unwrap().unwrap())
+        };
+        let won = |r: &DecisionResult| {
+            matches!(
+                r,
+                DecisionResult::Approved { .. } | DecisionResult::Denied { .. }
+            )
+        };
+        assert!(
+            won(&ra) ^ won(&rb),
+            "iteration {i}: exactly one decision takes effect: {ra:?} / {rb:?}"
+        );
+        let loser = if won(&ra) { &rb } else { &ra };
+        let winner_status = if won(&ra) || i % 2 == 0 {
+            CallStatus::Approved
+        } else {
+            CallStatus::Denied
+        };
+        assert_eq!(
+            loser,
+            &DecisionResult::AlreadyDecided {
+                current: winner_status
+            },
+            "iteration {i}"
+        );
+        assert_eq!(status(&a, &c.id).await, winner_status);
+        let decisions = a
+            .read_events(&s.id, None, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.kind == kinds::APPROVED || e.kind == kinds::DENIED)
+            .count();
+        assert_eq!(decisions, 1, "iteration {i}: one decision event");
+    }
+    assert_eq!(a.pending_count().await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn approval_racing_expiry_resolves_to_exactly_one() {
+    let server = RedisServer::start();
+    let a = open_store(&server).await;
+    let b = open_store(&server).await;
+    let (mut approved, mut expired) = (0, 0);
+    for i in 0..50 {
+        let (s, c) = pending_call(&a, "alice", 60_000).await;
+        let expiry = c.expires_at_ms.unwrap();
+        // The approver's clock says the window is open; the sweeper's says it has closed.
+        let approve = {
+            let a = a.clone();
+            let id = c.id.clone();
+            tokio::spawn(async move { a.decide(&id, "alice", HASH, true, None, now_ms()).await })
+        };
+        let sweep = {
+            let b = b.clone();
+            tokio::spawn(async move { b.expire_due(expiry + 1).await })
+        };
+        let ra = approve.await.unwrap().unwrap();
+        let swept = sweep.await.unwrap().unwrap();
+        let final_status = status(&a, &c.id).await;
+        match (&ra, swept.as_slice()) {
+            (DecisionResult::Approved { .. }, []) => {
+                approved += 1;
+                assert_eq!(final_status, CallStatus::Approved, "iteration {i}");
+            }
+            (DecisionResult::AlreadyDecided { current }, [one]) => {
+                expired += 1;
+                assert_eq!(*current, CallStatus::Expired, "iteration {i}");
+                assert_eq!(one.id, c.id);
+                assert_eq!(one.status, CallStatus::Expired);
+                assert_eq!(final_status, CallStatus::Expired);
+            }
+            other => panic!("iteration {i}: both or neither won: {other:?}"),
+        }
+        let terminal = a
+            .read_events(&s.id, None, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.kind == kinds::APPROVED || e.kind == kinds::EXPIRED)
+            .count();
+        assert_eq!(terminal, 1, "iteration {i}");
+    }
+    assert_eq!(approved + expired, 50);
+    assert_eq!(a.pending_count().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_wrong_hash_or_another_user_changes_nothing() {
+    let server = RedisServer::start();
+    let store = open_store(&server).await;
+    let (_s, c) = pending_call(&store, "alice", 60_000).await;
+
+    let r = store
+        .decide(&c.id, "alice", OTHER_HASH, true, None, now_ms())
+        .await
+        .unwrap();
+    let DecisionResult::HashMismatch { call } = r else {
+        panic!("expected a hash mismatch, got {r:?}")
+    };
+    assert_eq!(call.status, CallStatus::AwaitingApproval);
+    assert_eq!(call.decided_by, None);
+    assert_eq!(
+        store
+            .decide(&c.id, "alice", "not-even-a-hash", true, None, now_ms())
+            .await
+            .unwrap(),
+        DecisionResult::HashMismatch { call: call.clone() }
+    );
+
+    assert_eq!(
+        store
+            .decide(&c.id, "mallory", HASH, true, None, now_ms())
+            .await
+            .unwrap(),
+        DecisionResult::NotOwner
+    );
+    assert_eq!(
+        store
+            .decide(&c.id, "mallory", HASH, false, None, now_ms())
+            .await
+            .unwrap(),
+        DecisionResult::NotOwner
+    );
+    assert_eq!(status(&store, &c.id).await, CallStatus::AwaitingApproval);
+    assert_eq!(store.pending_count().await.unwrap(), 1);
+    assert_eq!(
+        store
+            .decide("no-such-call", "alice", HASH, true, None, now_ms())
+            .await,
+        Err(StoreError::NotFound)
+    );
+
+    // The rejected attempts are audited, with who tried.
+    let audit = store.read_audit(None, 100).await.unwrap();
+    let rejected: Vec<_> = audit
+        .iter()
+        .filter(|(_, a)| a.action == "rejected")
+        .map(|(_, a)| (a.actor.as_str(), a.outcome.as_str()))
+        .collect();
+    assert_eq!(
+        rejected,
+        [
+            ("alice", "hash_mismatch"),
+            ("alice", "hash_mismatch"),
+            ("mallory", "not_owner"),
+            ("mallory", "not_owner"),
+        ]
+    );
+    let mismatch = &audit
+        .iter()
+        .find(|(_, a)| a.outcome == "hash_mismatch")
+        .unwrap()
+        .1;
+    assert_eq!(mismatch.args_sha256, HASH);
+    assert!(mismatch.detail.as_deref().unwrap().contains(OTHER_HASH));
+
+    // The right user with the right hash still can: the approval was not used up.
+    let r = store
+        .decide(&c.id, "alice", HASH, false, Some("no thanks"), now_ms())
+        .await
+        .unwrap();
+    let DecisionResult::Denied { call, .. } = r else {
+        panic!("expected a denial, got {r:?}")
+    };
+    assert_eq!(call.status, CallStatus::Denied);
+    assert_eq!(call.reason.as_deref(), Some("no thanks"));
+    assert_eq!(
+        store
+            .decide(&c.id, "alice", HASH, true, None, now_ms())
+            .await
+            .unwrap(),
+        DecisionResult::AlreadyDecided {
+            current: CallStatus::Denied
+        }
+    );
+}
+
+#[tokio::test]
+async fn approvals_expire_with_their_ttl() {
+    let server = RedisServer::start();
+    let store = open_store(&server).await;
+    let (s, late) = pending_call(&store, "alice", 300).await;
+    let (_, swept) = pending_call(&store, "bob", 300).await;
+    let (_, fresh) = pending_call(&store, "alice", 60_000).await;
+    assert_eq!(store.pending_count().await.unwrap(), 3);
+    tokio::time::sleep(Duration::from_millis(900)).await;
+
+    // The approval key died with its TTL: deciding now, even with a clock that disagrees,
+    // fails closed.
+    let mut r = raw(&server).await;
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(store.keys().approval(&late.id))
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert!(!exists, "the approval key outlived its TTL");
+    let r = store
+        .decide(&late.id, "alice", HASH, true, None, late.created_at_ms)
+        .await
+        .unwrap();
+    let DecisionResult::Expired { call, event_id } = r else {
+        panic!("expected expiry, got {r:?}")
+    };
+    assert_eq!(call.status, CallStatus::Expired);
+    assert_eq!(call.decided_by, None);
+    let events = store.read_events(&s.id, None, 100).await.unwrap();
+    let last = events.last().unwrap();
+    assert_eq!(last.id, event_id);
+    assert_eq!(last.kind, kinds::EXPIRED);
+    assert_eq!(last.data, json!({"call_id": late.id, "status": "expired"}));
+
+    // The sweeper expires the other one and leaves the fresh one alone.
+    let expired = store.expire_due(now_ms()).await.unwrap();
+    assert_eq!(
+        expired.iter().map(|c| c.id.clone()).collect::<Vec<_>>(),
+        [swept.id.clone()]
+    );
+    assert_eq!(expired[0].status, CallStatus::Expired);
+    assert!(store.expire_due(now_ms()).await.unwrap().is_empty());
+    assert_eq!(
+        status(&store, &fresh.id).await,
+        CallStatus::AwaitingApproval
+    );
+    assert_eq!(store.pending_count().await.unwrap(), 1);
+    assert_eq!(
+        store
+            .decide(&swept.id, "bob", HASH, true, None, now_ms())
+            .await
+            .unwrap(),
+        DecisionResult::AlreadyDecided {
+            current: CallStatus::Expired
+        }
+    );
+    let audit = store.read_audit(None, 100).await.unwrap();
+    let expiries: Vec<_> = audit
+        .iter()
+        .filter(|(_, a)| a.action == "expired")
+        .map(|(_, a)| (a.call_id.clone(), a.actor.clone()))
+        .collect();
+    assert_eq!(
+        expiries,
+        [
+            (late.id.clone(), "system".to_string()),
+            (swept.id.clone(), "system".to_string())
+        ]
+    );
+
+    // An expiry in the past by the decider's clock also fails closed, key or no key.
+    let (_, c) = pending_call(&store, "alice", 60_000).await;
+    assert!(matches!(
+        store
+            .decide(&c.id, "alice", HASH, true, None, c.expires_at_ms.unwrap())
+            .await
+            .unwrap(),
+        DecisionResult::Expired { .. }
+    ));
+}
+
+#[tokio::test]
+async fn many_due_approvals_are_swept_in_batches() {
+    let server = RedisServer::start();
+    let store = open_store(&server).await;
+    let s = store.create_session("alice").await.unwrap();
+    for _ in 0..230 {
+        let c = new_call(&s, CallStatus::AwaitingApproval, 1);
+        store
+            .create_call(&c, ("proposed", json!({})))
+            .await
+            .unwrap();
+    }
+    let expired = store.expire_due(now_ms() + 10).await.unwrap();
+    assert_eq!(expired.len(), 230);
+    assert_eq!(store.pending_count().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn interrupted_calls_are_found_and_failed_after_a_restart() {
+    let mut server = RedisServer::start_persistent();
+    let store = open_store(&server).await;
+    let s = store.create_session("alice").await.unwrap();
+    let running = new_call(&s, CallStatus::Approved, 0);
+    store
+        .create_call(&running, ("proposed", json!({})))
+        .await
+        .unwrap();
+    store
+        .transition(&running.id, CallStatus::Running, &[], None, None)
+        .await
+        .unwrap();
+    let approved = new_call(&s, CallStatus::Approved, 0);
+    store
+        .create_call(&approved, ("proposed", json!({})))
+        .await
+        .unwrap();
+    let (_, pending) = pending_call(&store, "alice", 600_000).await;
+
+    server.restart();
+    // A fresh store, as a new orchestrator process would make.
+    let store = open_store(&server).await;
+    let mut expected = vec![running.id.clone(), approved.id.clone()];
+    expected.sort();
+    assert_eq!(store.running_calls().await.unwrap(), expected);
+    for id in &expected {
+        let rec = store
+            .fail_interrupted(id, "the orchestrator restarted")
+            .await
+            .unwrap();
+        assert_eq!(rec.status, CallStatus::Failed);
+        assert_eq!(rec.reason.as_deref(), Some("the orchestrator restarted"));
+        assert_eq!(rec.error.as_ref().unwrap()["code"], "interrupted");
+    }
+    assert!(store.running_calls().await.unwrap().is_empty());
+    assert_eq!(
+        store.fail_interrupted(&running.id, "again").await,
+        Err(StoreError::Conflict {
+            current: CallStatus::Failed
+        })
+    );
+    let failed_events = store
+        .read_events(&s.id, None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == kinds::FAILED)
+        .count();
+    assert_eq!(failed_events, 2);
+
+    // The pending approval survived the restart and can still be approved.
+    assert!(matches!(
+        store
+            .decide(&pending.id, "alice", HASH, true, None, now_ms())
+            .await
+            .unwrap(),
+        DecisionResult::Approved { .. }
+    ));
+}
+
+#[tokio::test]
+async fn redis_going_away_gives_unavailable_quickly_and_the_store_recovers() {
+    let mut server = RedisServer::start_persistent();
+    let store = open_store(&server).await;
+    let (s, c) = pending_call(&store, "alice", 600_000).await;
+    store.ping().await.unwrap();
+
+    server.stop();
+    let t = Instant::now();
+    let results = vec![
+        store.ping().await.map(|_| ()),
+        store.get_session(&s.id).await.map(|_| ()),
+        store
+            .decide(&c.id, "alice", HASH, true, None, now_ms())
+            .await
+            .map(|_| ()),
+        store.append_event(&s.id, "x", &json!({})).await.map(|_| ()),
+        store.read_events(&s.id, None, 10).await.map(|_| ()),
+        store
+            .wait_events(&s.id, None, 10, Duration::from_secs(1))
+            .await
+            .map(|_| ()),
+        store.pending_count().await.map(|_| ()),
+        store.create_session("alice").await.map(|_| ()),
+    ];
+    let took = t.elapsed();
+    for (i, r) in results.iter().enumerate() {
+        assert!(
+            matches!(r, Err(StoreError::Unavailable(_))),
+            "operation {i} while redis is down: {r:?}"
+        );
+    }
+    assert!(
+        took < Duration::from_secs(10),
+        "8 operations against a dead redis took {took:?}"
+    );
+    let t = Instant::now();
+    assert!(matches!(
+        store.ping().await,
+        Err(StoreError::Unavailable(_))
+    ));
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+
+    server.restart();
+    // The same Store reconnects by itself; nothing was approved while Redis was away.
+    let t = Instant::now();
+    store
+        .ping()
+        .await
+        .expect("the store works again after redis restarts");
+    assert!(t.elapsed() < Duration::from_secs(5));
+    assert_eq!(store.get_session(&s.id).await.unwrap().unwrap(), s);
+    assert_eq!(status(&store, &c.id).await, CallStatus::AwaitingApproval);
+    store
+        .wait_events(&s.id, None, 10, Duration::from_millis(100))
+        .await
+        .expect("blocking reads recover too");
+    assert!(matches!(
+        store
+            .decide(&c.id, "alice", HASH, true, None, now_ms())
+            .await
+            .unwrap(),
+        DecisionResult::Approved { .. }
+    ));
+}
+
+#[tokio::test]
+async fn a_dead_redis_at_startup_is_unavailable_not_a_hang() {
+    let mut server = RedisServer::start();
+    let url = server.url();
+    server.stop();
+    let t = Instant::now();
+    let r = Store::connect(&url, "airlock:").await;
+    assert!(matches!(r, Err(StoreError::Unavailable(_))), "{r:?}");
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    assert!(matches!(
+        Store::connect("http://nope", "airlock:").await,
+        Err(StoreError::BadUrl(_))
+    ));
+}
+
+#[tokio::test]
+async fn a_password_protected_redis_needs_the_right_password() {
+    let pw = "correct-horse-battery";
+    let server = RedisServer::start_with(RedisOptions {
+        password: Some(pw.into()),
+        acl_user: Some(("airlock".into(), "acl-secret-pw".into())),
+        persistent: false,
+    });
+    let store = open_store(&server).await;
+    store.ping().await.unwrap();
+    store.create_session("alice").await.unwrap();
+
+    // Wrong password: an Unavailable error (503), the password nowhere in it.
+    let bad_url = format!("redis://:wrong-password-xyz@127.0.0.1:{}", server.port());
+    let err = match Store::connect(&bad_url, "airlock:").await {
+        Err(e) => e,
+        Ok(s) => s.ping().await.unwrap_err(),
+    };
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    assert!(!err.to_string().contains("wrong-password-xyz"), "{err}");
+
+    // No password at all.
+    let no_pw = format!("redis://127.0.0.1:{}", server.port());
+    let err = match Store::connect(&no_pw, "airlock:").await {
+        Err(e) => e,
+        Ok(s) => s.ping().await.unwrap_err(),
+    };
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+
+    // An ACL user, over TCP and over the unix socket.
+    let acl = format!("redis://airlock:acl-secret-pw@127.0.0.1:{}", server.port());
+    let s = Store::connect(&acl, "airlock:").await.unwrap();
+    s.ping().await.unwrap();
+    assert_eq!(s.list_sessions("alice").await.unwrap().len(), 1);
+    let unix = Store::connect(&server.unix_url(), "airlock:")
+        .await
+        .unwrap();
+    unix.ping().await.unwrap();
+    assert!(!format!("{unix:?}").contains(pw));
+    let wrong_acl = format!("redis://airlock:nope-nope@127.0.0.1:{}", server.port());
+    let err = match Store::connect(&wrong_acl, "airlock:").await {
+        Err(e) => e,
+        Ok(s) => s.ping().await.unwrap_err(),
+    };
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    assert!(!err.to_string().contains("nope-nope"), "{err}");
+}
+
+#[tokio::test]
+async fn prefixes_keep_two_deployments_apart() {
+    let server = RedisServer::start();
+    let a = Store::connect(&server.url(), "a:").await.unwrap();
+    let b = Store::connect(&server.url(), "b:").await.unwrap();
+    let (s, c) = pending_call(&a, "alice", 60_000).await;
+    assert_eq!(b.get_session(&s.id).await.unwrap(), None);
+    assert_eq!(b.get_call(&c.id).await.unwrap(), None);
+    assert!(b.list_sessions("alice").await.unwrap().is_empty());
+    assert_eq!(b.pending_count().await.unwrap(), 0);
+    assert!(b.read_audit(None, 10).await.unwrap().is_empty());
+    let mut r = raw(&server).await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert!(keys.iter().all(|k| k.starts_with("a:")), "{keys:?}");
+}
+
+#[tokio::test]
+async fn blocking_reads_are_bounded_by_the_reader_cap() {
+    let server = RedisServer::start();
+    let store = Store::connect_with(
+        &server.url(),
+        "airlock:",
+        StoreOptions {
+            max_blocking_readers: 1,
+            ..StoreOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let s = store.create_session("alice").await.unwrap();
+    let holder = {
+        let store = store.clone();
+        let sid = s.id.clone();
+        tokio::spawn(async move {
+            store
+                .wait_events(&sid, Some("0-0"), 10, Duration::from_secs(3))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The one slot is taken: this waiter gives up after its block time with a plain read.
+    let t = Instant::now();
+    let got = store
+        .wait_events(&s.id, None, 10, Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert!(got.is_empty());
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    let id = store
+        .append_event(&s.id, "output", &json!({"n": 1}))
+        .await
+        .unwrap();
+    let held = holder.await.unwrap().unwrap();
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[0].id, id);
+}
