@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# Runs all of Airlock's tests: builds the static executor and the sandbox image, then runs the
-# whole workspace's tests against the real Docker engine (and real redis-server processes the
-# tests start themselves). Needs: a running Docker engine, busybox-static, redis-server; runsc
-# for the gVisor tests (`.ci/run` installs all of them).
+# Runs all of Airlock's tests against the real Docker engine (and real redis-server processes
+# the tests start themselves): prepares the host, builds the sandbox image from this tree, then
+# runs the whole workspace's tests. Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/setup-host.sh
 triple="$(uname -m)-unknown-linux-gnu"
 echo "==> building the static executor"
-cargo rustc --release -p airlock-executor --bin airlock-executor --target "$triple" \
+cargo rustc -q --release -p airlock-executor --bin airlock-executor --target "$triple" \
   -- -C target-feature=+crt-static
 echo "==> building the sandbox image"
 cargo run -q -p airlock -- image build --executor "target/$triple/release/airlock-executor"

@@ -1,7 +1,16 @@
 //! Airlock orchestrator: the sandbox (the only code that talks to Docker), and — as the
 //! server grows — policy, tool-call state, Redis store, agent loop and HTTP API.
 
+pub mod api;
+pub mod auth;
 pub mod bench;
+pub mod calls;
+pub mod config;
+pub mod engine;
+pub mod metrics;
+pub mod policy;
 pub mod sandbox;
+pub mod server;
+pub mod store;
 
 pub use airlock_executor::protocol;

@@ -31,6 +31,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the Airlock server (HTTP API, WebSocket/SSE events) until SIGINT/SIGTERM.
+    Serve {
+        /// The server's TOML config (see docs/OPERATIONS.md). Secrets may come from
+        /// AIRLOCK_REDIS_URL instead of the file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Administration helpers.
+    #[command(subcommand)]
+    Admin(AdminCmd),
     /// Build and inspect the executor image.
     #[command(subcommand)]
     Image(ImageCmd),
@@ -61,6 +71,16 @@ enum ImageCmd {
         base: String,
         #[arg(long, default_value = image::DEFAULT_TAG)]
         tag: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCmd {
+    /// Make a new random bearer token for a user: prints the token once (give it to the user)
+    /// and the `token_sha256` line for the policy file (only the hash is stored).
+    Token {
+        #[arg(long)]
+        user: String,
     },
 }
 
@@ -172,6 +192,31 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Serve { config } => {
+            let mut config = airlock::config::Config::load(&config)?;
+            if cli.docker.is_some() {
+                config.docker.endpoint = cli.docker;
+            }
+            let engine = airlock::server::build(&config).await?;
+            let listener = tokio::net::TcpListener::bind(config.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", config.listen))?;
+            eprintln!("airlock listening on http://{}", listener.local_addr()?);
+            airlock::server::run(config, engine, listener, airlock::server::shutdown_signal())
+                .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Admin(AdminCmd::Token { user }) => {
+            let token = airlock::auth::new_token();
+            eprintln!("Token for `{user}` (shown once; only its hash is stored):");
+            println!("{token}");
+            eprintln!("\nAdd to the policy file's entry for this user:");
+            eprintln!(
+                "token_sha256 = \"{}\"",
+                airlock::policy::token_sha256(&token)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Image(ImageCmd::Build {
             executor,
             busybox,

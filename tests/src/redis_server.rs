@@ -137,6 +137,23 @@ impl RedisServer {
         );
     }
 
+    /// Freezes the server (SIGSTOP): connections stay open but nothing answers.
+    pub fn pause(&mut self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Thaws a paused server (SIGCONT).
+    pub fn resume(&mut self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&mut self, sig: libc::c_int) {
+        let child = self.child.as_ref().expect("redis-server is not running");
+        // SAFETY: kill(2) on our own child's pid, which we have not reaped yet.
+        let rc = unsafe { libc::kill(child.id() as libc::pid_t, sig) };
+        assert_eq!(rc, 0, "kill({}, {sig})", child.id());
+    }
+
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
     }

@@ -429,13 +429,27 @@ async fn list_and_search_escapes(rt: Runtime) {
         )
         .await;
     }
-    for path in ["abs_dir", "rel_dir", "../outside"] {
+    for path in ["abs_dir", "rel_dir", "../outside", "root_link", "proc_root"] {
         refused(
             &ts,
             &ws,
             rt,
             "search",
             json!({ "pattern": "secret", "path": path }),
+            Mode::Preview,
+            Outside,
+        )
+        .await;
+    }
+    // run_shell's working directory is resolved the same way (the shell itself may `cd`
+    // anywhere in its container; the point is that the executor never resolves out).
+    for cwd in ["root_link", "proc_root", "abs_dir", "rel_dir", "/", "sub/../.."] {
+        refused(
+            &ts,
+            &ws,
+            rt,
+            "run_shell",
+            json!({ "command": "pwd", "cwd": cwd }),
             Mode::Preview,
             Outside,
         )

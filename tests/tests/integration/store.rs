@@ -1087,6 +1087,39 @@ async fn redis_going_away_gives_unavailable_quickly_and_the_store_recovers() {
 }
 
 #[tokio::test]
+async fn a_hung_redis_gives_unavailable_within_the_response_timeout() {
+    let mut server = RedisServer::start();
+    let store = open_store(&server).await;
+    let s = store.create_session("alice").await.unwrap();
+    server.pause();
+    for _ in 0..3 {
+        let t = Instant::now();
+        let r = store.get_session(&s.id).await;
+        eprintln!("DBG {:?} {r:?}", t.elapsed());
+        assert!(matches!(r, Err(StoreError::Unavailable(_))), "{r:?}");
+        assert!(
+            t.elapsed() < Duration::from_secs(6),
+            "a hung redis held a request for {:?}",
+            t.elapsed()
+        );
+    }
+    server.resume();
+    let t = Instant::now();
+    loop {
+        match store.get_session(&s.id).await {
+            Ok(got) => {
+                assert_eq!(got, Some(s));
+                break;
+            }
+            Err(e) => assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "no recovery after the server resumed: {e}"
+            ),
+        }
+    }
+}
+
+#[tokio::test]
 async fn a_dead_redis_at_startup_is_unavailable_not_a_hang() {
     let mut server = RedisServer::start();
     let url = server.url();

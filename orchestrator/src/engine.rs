@@ -1,0 +1,716 @@
+//! The call engine: policy → preview → approval → sandbox for every tool call, with state
+//! kept in the store. The API layer calls this; it never talks to Docker or Redis itself.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use airlock_executor::protocol::{Event, Mode, Request, ToolCall, ToolResult};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::calls::{finished_status, CallStatus, Decision};
+use crate::config::LimitsConfig;
+use crate::metrics::Metrics;
+use crate::policy::{Policy, User};
+use crate::sandbox::{CallSpec, Prepared, Sandbox, SandboxError, SandboxEvent};
+use crate::store::{
+    AuditEntry, CallRecord, DecisionResult, SessionRecord, Store, StoreError, StoredEvent,
+};
+
+/// Errors of the engine, mapped to HTTP statuses by the API.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Gone(String),
+    #[error("{0}")]
+    Busy(String),
+    #[error("state store unavailable: {0}")]
+    Store(#[from] StoreError),
+    #[error("sandbox unavailable: {0}")]
+    Sandbox(#[from] SandboxError),
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The hash an approval is bound to: the tool, its exact arguments, and the sha256 of the
+/// file the preview was computed against (so approving one diff never applies another).
+pub fn binding_sha256(tool: &str, args: &Value, preview_base: Option<&str>) -> String {
+    // serde_json's map is ordered by key, so this serialisation is canonical.
+    let canonical = json!({ "tool": tool, "args": args, "preview_base_sha256": preview_base });
+    hex::encode(Sha256::digest(
+        serde_json::to_vec(&canonical).expect("values serialize"),
+    ))
+}
+
+type PrepareTask = JoinHandle<Result<Prepared, SandboxError>>;
+
+pub struct Engine {
+    pub store: Store,
+    pub sandbox: Sandbox,
+    policy: RwLock<Arc<Policy>>,
+    limits: LimitsConfig,
+    /// Containers started for calls awaiting approval (design: start during approval).
+    prepared: Mutex<HashMap<String, PrepareTask>>,
+    /// Cancel tokens of running calls.
+    running: Mutex<HashMap<String, CancellationToken>>,
+    global: Arc<Semaphore>,
+    per_user: Mutex<HashMap<String, Arc<Semaphore>>>,
+    pub metrics: Metrics,
+    tasks: TaskTracker,
+}
+
+impl Engine {
+    pub fn new(
+        store: Store,
+        sandbox: Sandbox,
+        policy: Policy,
+        limits: LimitsConfig,
+    ) -> Arc<Engine> {
+        Arc::new(Engine {
+            store,
+            sandbox,
+            policy: RwLock::new(Arc::new(policy)),
+            global: Arc::new(Semaphore::new(limits.max_running_total)),
+            limits,
+            prepared: Mutex::new(HashMap::new()),
+            running: Mutex::new(HashMap::new()),
+            per_user: Mutex::new(HashMap::new()),
+            metrics: Metrics::default(),
+            tasks: TaskTracker::new(),
+        })
+    }
+
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.read().expect("policy lock").clone()
+    }
+
+    pub fn set_policy(&self, p: Policy) {
+        *self.policy.write().expect("policy lock") = Arc::new(p);
+    }
+
+    /// After a restart: calls that were running are failed, leftover containers removed.
+    /// Pending approvals stay pending; approving one starts a fresh container.
+    pub async fn recover(&self) -> Result<(usize, usize), EngineError> {
+        let mut failed = 0;
+        for id in self.store.running_calls().await? {
+            let audit = self.audit_for_id(&id, "system", "interrupted").await;
+            let r = self
+                .store
+                .transition(
+                    &id,
+                    CallStatus::Failed,
+                    &[(
+                        "error",
+                        json!({"code": "interrupted", "message": "the orchestrator restarted while the call was running; its outcome is unknown"}).to_string(),
+                    )],
+                    Some(("call_finished", json!({"call_id": id, "status": "failed", "error": {"code": "interrupted", "message": "the orchestrator restarted while the call was running"}}))),
+                    audit.as_ref(),
+                )
+                .await;
+            if r.is_ok() {
+                failed += 1;
+            }
+        }
+        let reaped = self.sandbox.reap().await?;
+        Ok((failed, reaped))
+    }
+
+    async fn audit_for_id(&self, id: &str, actor: &str, action: &str) -> Option<AuditEntry> {
+        let rec = self.store.get_call(id).await.ok().flatten()?;
+        Some(self.audit(&rec, actor, action, action))
+    }
+
+    fn audit(&self, rec: &CallRecord, actor: &str, action: &str, outcome: &str) -> AuditEntry {
+        AuditEntry {
+            at_ms: now_ms(),
+            actor: actor.to_string(),
+            action: action.to_string(),
+            session_id: rec.session_id.clone(),
+            call_id: rec.id.clone(),
+            tool: rec.tool.clone(),
+            args_sha256: rec.args_sha256.clone(),
+            outcome: outcome.to_string(),
+            policy_sha256: rec.policy_sha256.clone(),
+            detail: None,
+        }
+    }
+
+    // ---- sessions -------------------------------------------------------------------------
+
+    pub async fn create_session(&self, user: &User) -> Result<SessionRecord, EngineError> {
+        Ok(self.store.create_session(&user.name).await?)
+    }
+
+    pub async fn list_sessions(&self, user: &User) -> Result<Vec<SessionRecord>, EngineError> {
+        Ok(self.store.list_sessions(&user.name).await?)
+    }
+
+    /// The session if it exists and belongs to `user` (another user's session is "not found").
+    pub async fn owned_session(&self, user: &User, id: &str) -> Result<SessionRecord, EngineError> {
+        match self.store.get_session(id).await? {
+            Some(s) if s.owner == user.name => Ok(s),
+            _ => Err(EngineError::NotFound("session")),
+        }
+    }
+
+    pub async fn delete_session(&self, user: &User, id: &str) -> Result<(), EngineError> {
+        self.owned_session(user, id).await?;
+        Ok(self.store.delete_session(id).await?)
+    }
+
+    pub async fn history(
+        &self,
+        user: &User,
+        id: &str,
+        after: Option<&str>,
+        count: usize,
+    ) -> Result<Vec<StoredEvent>, EngineError> {
+        self.owned_session(user, id).await?;
+        Ok(self.store.read_events(id, after, count).await?)
+    }
+
+    /// The call if it belongs to `user`.
+    pub async fn owned_call(&self, user: &User, id: &str) -> Result<CallRecord, EngineError> {
+        match self.store.get_call(id).await? {
+            Some(c) if c.owner == user.name => Ok(c),
+            _ => Err(EngineError::NotFound("tool call")),
+        }
+    }
+
+    // ---- proposing --------------------------------------------------------------------------
+
+    /// Proposes a call: validates it, asks the policy, computes the preview of a change, and
+    /// either denies it, waits for approval (starting its container meanwhile) or runs it.
+    pub async fn propose(
+        self: &Arc<Self>,
+        user: &User,
+        session_id: &str,
+        tool: &str,
+        args: Value,
+    ) -> Result<CallRecord, EngineError> {
+        self.owned_session(user, session_id).await?;
+        let size = serde_json::to_vec(&args)
+            .map(|v| v.len())
+            .unwrap_or(usize::MAX);
+        if size > self.limits.max_args_bytes {
+            return Err(EngineError::BadRequest(format!(
+                "the arguments are {size} bytes; the limit is {} bytes",
+                self.limits.max_args_bytes
+            )));
+        }
+        let call = ToolCall::from_parts(tool, args.clone()).map_err(EngineError::BadRequest)?;
+        let policy = self.policy();
+        let verdict = policy.evaluate(user, &call);
+        let id = uuid::Uuid::new_v4().to_string();
+        let now = now_ms();
+        let mut rec = CallRecord {
+            id: id.clone(),
+            session_id: session_id.to_string(),
+            owner: user.name.clone(),
+            tool: tool.to_string(),
+            args: args.clone(),
+            args_sha256: binding_sha256(tool, &args, None),
+            status: verdict.decision.next_status(),
+            decision: verdict.decision,
+            rule: verdict.rule.clone(),
+            policy_sha256: policy.sha256.clone(),
+            preview: None,
+            expected_sha256: None,
+            created_at_ms: now,
+            updated_at_ms: now,
+            expires_at_ms: None,
+            decided_by: None,
+            decided_at_ms: None,
+            reason: None,
+            result: None,
+            error: None,
+            outcome: None,
+        };
+        if verdict.decision == Decision::Deny {
+            rec.reason = Some(format!("denied by policy rule `{}`", verdict.rule));
+            self.metrics.count_call(tool, "denied");
+            self.store
+                .create_call(&rec, ("call_proposed", proposed_event(&rec)))
+                .await?;
+            return Ok(rec);
+        }
+        if call.has_preview() {
+            match self.preview(user, &policy, &rec, &call).await? {
+                Ok(change) => {
+                    let base = change
+                        .get("old_sha256")
+                        .and_then(Value::as_str)
+                        .map(str::to_string);
+                    rec.args_sha256 = binding_sha256(tool, &args, base.as_deref());
+                    rec.expected_sha256 = base;
+                    rec.preview = Some(change);
+                }
+                Err(error) => {
+                    rec.status = CallStatus::Failed;
+                    rec.error = Some(error);
+                    self.metrics.count_call(tool, "failed");
+                    self.store
+                        .create_call(&rec, ("call_proposed", proposed_event(&rec)))
+                        .await?;
+                    return Ok(rec);
+                }
+            }
+        }
+        if verdict.decision == Decision::Ask {
+            let ttl = policy
+                .file
+                .defaults
+                .approval_ttl_secs
+                .unwrap_or(self.limits.approval_ttl_secs);
+            rec.expires_at_ms = Some(now + ttl * 1000);
+            self.store
+                .create_call(&rec, ("call_proposed", proposed_event(&rec)))
+                .await?;
+            self.store
+                .append_event(
+                    session_id,
+                    "approval_required",
+                    &json!({"call_id": rec.id, "args_sha256": rec.args_sha256, "expires_at_ms": rec.expires_at_ms}),
+                )
+                .await?;
+            self.start_prepare(user, &policy, &rec, &call);
+            return Ok(rec);
+        }
+        // Allowed without asking: run now and answer with the finished call when it is quick.
+        self.store
+            .create_call(&rec, ("call_proposed", proposed_event(&rec)))
+            .await?;
+        let this = self.clone();
+        let (u, r) = (user.clone(), rec.clone());
+        let done = self.tasks.spawn(async move { this.execute(u, r).await });
+        let _ = tokio::time::timeout(Duration::from_secs(10), done).await;
+        Ok(self.store.get_call(&id).await?.unwrap_or(rec))
+    }
+
+    /// Runs the change in preview mode in a read-only container. The outer error is an
+    /// infrastructure failure; the inner one is the tool's own error (e.g. `not_found`).
+    async fn preview(
+        &self,
+        user: &User,
+        policy: &Policy,
+        rec: &CallRecord,
+        call: &ToolCall,
+    ) -> Result<Result<Value, Value>, EngineError> {
+        let req = Request {
+            mode: Mode::Preview,
+            protected: policy.file.protected.clone(),
+            ..Request::new(call.clone())
+        };
+        let spec = self.spec(user, rec, false);
+        let profile = policy.profile_for(user);
+        let handle = self.sandbox.run(&profile, &spec, &req).await?;
+        let (events, outcome) = handle.collect().await;
+        for e in events {
+            match e {
+                Event::Result {
+                    result: ToolResult::WriteFile(c) | ToolResult::EditFile(c),
+                } => return Ok(Ok(serde_json::to_value(c).expect("serializes"))),
+                Event::Error { code, message } => {
+                    return Ok(Err(json!({"code": code, "message": message})))
+                }
+                _ => {}
+            }
+        }
+        Ok(Err(json!({
+            "code": "sandbox_failed",
+            "message": outcome_message(&outcome),
+        })))
+    }
+
+    fn spec(&self, user: &User, rec: &CallRecord, writable: bool) -> CallSpec {
+        CallSpec {
+            workspace: user.workspace.clone(),
+            writable,
+            session_id: rec.session_id.clone(),
+            call_id: rec.id.clone(),
+            tool: rec.tool.clone(),
+        }
+    }
+
+    /// Starts the call's container while the user decides; the executor waits on stdin.
+    fn start_prepare(&self, user: &User, policy: &Policy, rec: &CallRecord, call: &ToolCall) {
+        let mut map = self.prepared.lock().expect("prepared lock");
+        if map.len() >= self.limits.max_prepared {
+            return; // bounded: the approval will start its container cold
+        }
+        let sandbox = self.sandbox.clone();
+        let profile = policy.profile_for(user);
+        let spec = self.spec(user, rec, call.mutates());
+        let task = tokio::spawn(async move { sandbox.prepare(&profile, &spec).await });
+        map.insert(rec.id.clone(), task);
+    }
+
+    fn discard_prepared(&self, call_id: &str) {
+        let task = self.prepared.lock().expect("prepared lock").remove(call_id);
+        if let Some(task) = task {
+            tokio::spawn(async move {
+                if let Ok(Ok(p)) = task.await {
+                    p.discard().await;
+                }
+            });
+        }
+    }
+
+    // ---- deciding ---------------------------------------------------------------------------
+
+    /// The owner's decision. Fails closed: anything unexpected leaves the call unapproved.
+    pub async fn decide(
+        self: &Arc<Self>,
+        user: &User,
+        call_id: &str,
+        approve: bool,
+        args_sha256: &str,
+        reason: Option<&str>,
+    ) -> Result<CallRecord, EngineError> {
+        let res = match self
+            .store
+            .decide(call_id, &user.name, args_sha256, approve, reason, now_ms())
+            .await
+        {
+            Err(StoreError::NotFound) => return Err(EngineError::NotFound("tool call")),
+            other => other?,
+        };
+        match res {
+            DecisionResult::NotOwner => Err(EngineError::NotFound("tool call")),
+            DecisionResult::HashMismatch { .. } => Err(EngineError::Conflict(
+                "args_sha256 does not match this call: refresh it and decide on what it really does".into(),
+            )),
+            DecisionResult::AlreadyDecided { current } => Err(EngineError::Conflict(format!(
+                "this call was already decided: it is `{current}`"
+            ))),
+            DecisionResult::Expired { .. } => {
+                self.discard_prepared(call_id);
+                self.metrics.count_call("", "expired");
+                Err(EngineError::Gone(
+                    "the approval expired: the call was denied; propose it again".into(),
+                ))
+            }
+            DecisionResult::Denied { call: rec, .. } => {
+                self.discard_prepared(call_id);
+                self.metrics.count_call(&rec.tool, "denied");
+                Ok(rec)
+            }
+            DecisionResult::Approved { call: rec, .. } => {
+                // Policy may have changed while the call waited: re-check before running.
+                let policy = self.policy();
+                let call = ToolCall::from_parts(&rec.tool, rec.args.clone())
+                    .map_err(EngineError::BadRequest)?;
+                if policy.evaluate(user, &call).decision == Decision::Deny {
+                    self.discard_prepared(call_id);
+                    let audit = self.audit(&rec, "policy", "failed", "denied by the current policy");
+                    let (rec, _) = self
+                        .store
+                        .transition(
+                            call_id,
+                            CallStatus::Failed,
+                            &[("error", json!({"code": "policy_changed", "message": "the policy in force now denies this call"}).to_string())],
+                            Some(("call_finished", json!({"call_id": call_id, "status": "failed", "error": {"code": "policy_changed", "message": "the policy in force now denies this call"}}))),
+                            Some(&audit),
+                        )
+                        .await?;
+                    return Ok(rec);
+                }
+                let this = self.clone();
+                let u = user.clone();
+                let r = rec.clone();
+                self.tasks.spawn(async move { this.execute(u, r).await });
+                Ok(rec)
+            }
+        }
+    }
+
+    /// Moves due approvals to `expired` and stops their containers.
+    pub async fn expire_due(&self) -> Result<usize, EngineError> {
+        let expired = self.store.expire_due(now_ms()).await?;
+        for rec in &expired {
+            self.discard_prepared(&rec.id);
+            self.metrics.count_call(&rec.tool, "expired");
+        }
+        Ok(expired.len())
+    }
+
+    /// Cancels a running or pending call of `user`.
+    pub async fn cancel(&self, user: &User, call_id: &str) -> Result<CallRecord, EngineError> {
+        let rec = self.owned_call(user, call_id).await?;
+        if rec.status == CallStatus::Running {
+            if let Some(t) = self.running.lock().expect("running lock").get(call_id) {
+                t.cancel();
+            }
+            return Ok(rec);
+        }
+        let audit = self.audit(&rec, &user.name, "cancelled", "cancelled");
+        let (rec, _) = self
+            .store
+            .transition(
+                call_id,
+                CallStatus::Cancelled,
+                &[],
+                Some((
+                    "call_cancelled",
+                    json!({"call_id": call_id, "status": "cancelled"}),
+                )),
+                Some(&audit),
+            )
+            .await
+            .map_err(|e| match e {
+                StoreError::Conflict { current } => EngineError::Conflict(format!(
+                    "the call is `{current}` and cannot be cancelled"
+                )),
+                other => other.into(),
+            })?;
+        self.discard_prepared(call_id);
+        Ok(rec)
+    }
+
+    // ---- running ----------------------------------------------------------------------------
+
+    async fn slots(
+        &self,
+        user: &str,
+    ) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), EngineError> {
+        let per_user = self
+            .per_user
+            .lock()
+            .expect("per-user lock")
+            .entry(user.to_string())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.limits.max_running_per_user)))
+            .clone();
+        let wait = Duration::from_secs(self.limits.queue_wait_secs);
+        let u = tokio::time::timeout(wait, per_user.acquire_owned())
+            .await
+            .map_err(|_| {
+                EngineError::Busy(format!(
+                    "you already have {} calls running; try again when one finishes",
+                    self.limits.max_running_per_user
+                ))
+            })?
+            .expect("never closed");
+        let g = tokio::time::timeout(wait, self.global.clone().acquire_owned())
+            .await
+            .map_err(|_| {
+                EngineError::Busy(
+                    "the server is at its limit of running calls; try again shortly".into(),
+                )
+            })?
+            .expect("never closed");
+        Ok((u, g))
+    }
+
+    /// Runs an approved call to the end, streaming its output into the session's events.
+    async fn execute(self: Arc<Self>, user: User, rec: CallRecord) {
+        let id = rec.id.clone();
+        if let Err(e) = self.execute_inner(&user, &rec).await {
+            tracing::warn!(call = %id, error = %e, "call failed before it could finish");
+            self.discard_prepared(&id);
+            let msg = e.to_string();
+            let audit = self.audit(&rec, "system", "failed", "error");
+            for to in [CallStatus::Failed] {
+                let _ = self
+                    .store
+                    .transition(
+                        &id,
+                        to,
+                        &[("error", json!({"code": "internal", "message": msg}).to_string())],
+                        Some(("call_finished", json!({"call_id": id, "status": "failed", "error": {"code": "internal", "message": msg}}))),
+                        Some(&audit),
+                    )
+                    .await;
+            }
+            self.metrics.count_call(&rec.tool, "failed");
+        }
+    }
+
+    async fn execute_inner(&self, user: &User, rec: &CallRecord) -> Result<(), EngineError> {
+        let started = Instant::now();
+        let _slots = self.slots(&user.name).await?;
+        let policy = self.policy();
+        let call =
+            ToolCall::from_parts(&rec.tool, rec.args.clone()).map_err(EngineError::BadRequest)?;
+        let audit = self.audit(rec, &user.name, "started", "running");
+        self.store
+            .transition(
+                &rec.id,
+                CallStatus::Running,
+                &[],
+                Some((
+                    "call_started",
+                    json!({"call_id": rec.id, "status": "running"}),
+                )),
+                Some(&audit),
+            )
+            .await?;
+        let req = Request {
+            mode: if call.mutates() {
+                Mode::Apply
+            } else {
+                Mode::Preview
+            },
+            expected_sha256: rec.expected_sha256.clone(),
+            protected: policy.file.protected.clone(),
+            ..Request::new(call.clone())
+        };
+        let prepared = self.prepared.lock().expect("prepared lock").remove(&rec.id);
+        let prepared = match prepared {
+            Some(task) => match task.await {
+                Ok(Ok(p)) => Some(p),
+                _ => None,
+            },
+            None => None,
+        };
+        let prepared = match prepared {
+            Some(p) => p,
+            None => {
+                let spec = self.spec(user, rec, call.mutates());
+                self.sandbox
+                    .prepare(&policy.profile_for(user), &spec)
+                    .await?
+            }
+        };
+        let mut handle = prepared.send(&req).await?;
+        self.running
+            .lock()
+            .expect("running lock")
+            .insert(rec.id.clone(), handle.cancel_token());
+        let mut result = None;
+        let mut error = None;
+        let mut outcome = None;
+        while let Some(ev) = handle.next().await {
+            match ev {
+                SandboxEvent::Executor(Event::Output { stream, data }) => {
+                    let _ = self
+                        .store
+                        .append_event(
+                            &rec.session_id,
+                            "output",
+                            &json!({"call_id": rec.id, "stream": stream, "data": data}),
+                        )
+                        .await;
+                }
+                SandboxEvent::Executor(Event::Result { result: r }) => {
+                    result = Some(serde_json::to_value(r).expect("serializes"))
+                }
+                SandboxEvent::Executor(Event::Error { code, message }) => {
+                    error = Some(json!({"code": code, "message": message}))
+                }
+                SandboxEvent::Finished(o) => outcome = Some(o),
+            }
+        }
+        self.running.lock().expect("running lock").remove(&rec.id);
+        let o = outcome.unwrap_or_default();
+        let shell_failed = matches!(
+            result.as_ref().and_then(|r| r.get("exit_code")),
+            Some(c) if c != &json!(0)
+        );
+        if result.is_none() && error.is_none() {
+            error = Some(json!({"code": "sandbox_failed", "message": outcome_message(&o)}));
+        }
+        let status = finished_status(error.is_some() || shell_failed, o.timed_out, o.cancelled);
+        let outcome_json = json!({
+            "exit_code": o.exit_code,
+            "timed_out": o.timed_out,
+            "oom_killed": o.oom_killed,
+            "output_truncated": o.output_truncated,
+            "cancelled": o.cancelled,
+            "duration_ms": o.duration.as_millis() as u64,
+        });
+        let mut patch = vec![("outcome", outcome_json.to_string())];
+        if let Some(r) = &result {
+            patch.push(("result", r.to_string()));
+        }
+        if let Some(e) = &error {
+            patch.push(("error", e.to_string()));
+        }
+        let audit = self.audit(rec, "system", "finished", status.as_str());
+        self.store
+            .transition(
+                &rec.id,
+                status,
+                &patch,
+                Some((
+                    "call_finished",
+                    json!({"call_id": rec.id, "status": status, "result": result, "error": error, "outcome": outcome_json}),
+                )),
+                Some(&audit),
+            )
+            .await?;
+        self.metrics.count_call(&rec.tool, status.as_str());
+        self.metrics.observe_latency(started.elapsed());
+        Ok(())
+    }
+
+    /// Waits for every spawned call to finish (graceful shutdown).
+    pub async fn shutdown(&self) {
+        self.tasks.close();
+        self.tasks.wait().await;
+        let tasks: Vec<_> = self
+            .prepared
+            .lock()
+            .expect("prepared lock")
+            .drain()
+            .collect();
+        for (_, t) in tasks {
+            if let Ok(Ok(p)) = t.await {
+                p.discard().await;
+            }
+        }
+        self.sandbox.drain().await;
+    }
+
+    pub fn limits(&self) -> &LimitsConfig {
+        &self.limits
+    }
+}
+
+fn proposed_event(rec: &CallRecord) -> Value {
+    json!({
+        "call_id": rec.id,
+        "tool": rec.tool,
+        "args": rec.args,
+        "args_sha256": rec.args_sha256,
+        "status": rec.status,
+        "decision": rec.decision,
+        "rule": rec.rule,
+        "preview": rec.preview,
+        "error": rec.error,
+        "expires_at_ms": rec.expires_at_ms,
+    })
+}
+
+fn outcome_message(o: &crate::sandbox::Outcome) -> String {
+    if o.timed_out {
+        "the call hit its time limit and was stopped".into()
+    } else if o.oom_killed {
+        "the call ran out of memory and was stopped".into()
+    } else if o.output_truncated {
+        "the call exceeded its output limit and was stopped".into()
+    } else if o.cancelled {
+        "the call was cancelled".into()
+    } else {
+        o.protocol_error
+            .clone()
+            .unwrap_or_else(|| "the sandbox ended without a result".into())
+    }
+}

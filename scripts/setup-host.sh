@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Prepares a Debian/Ubuntu Docker host for Airlock: installs what is missing (busybox-static
+# for the sandbox image, redis-server for state, runsc for gVisor), makes sure the Docker
+# engine answers, and registers runsc with it. Idempotent; installing needs root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export DEBIAN_FRONTEND=noninteractive
+
+missing=()
+for pkg in busybox-static redis-server runsc; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "missing packages: ${missing[*]} — install them with: sudo apt-get install ${missing[*]}" >&2
+    exit 1
+  fi
+  echo "==> installing ${missing[*]}"
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+if ! docker info >/dev/null 2>&1; then
+  if [ "$(id -u)" -ne 0 ] || ! command -v dockerd >/dev/null; then
+    echo "the Docker engine is not reachable: start it (systemctl start docker) or set DOCKER_HOST" >&2
+    exit 1
+  fi
+  echo "==> the Docker engine is not reachable; starting dockerd"
+  (dockerd >/tmp/dockerd.log 2>&1 &)
+  for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+  docker info >/dev/null 2>&1 || { echo "dockerd did not start: see /tmp/dockerd.log" >&2; exit 1; }
+fi
+
+if [ "$(id -u)" -eq 0 ]; then
+  bash scripts/enable-gvisor.sh
+fi
