@@ -298,6 +298,16 @@ mod tests {
     }
 
     #[test]
+    fn example_config_parses_to_the_defaults() {
+        let c: Config =
+            parse_toml("docs/airlock.example.toml", include_str!("../../docs/airlock.example.toml"))
+                .unwrap();
+        let d = Config::default();
+        assert_eq!(c.limits, d.limits);
+        assert_eq!(c.listen, d.listen);
+    }
+
+    #[test]
     fn line_col_counts_from_one() {
         assert_eq!(line_col("ab\ncd", 0), (1, 1));
         assert_eq!(line_col("ab\ncd", 4), (2, 2));

@@ -301,6 +301,14 @@ gid = 1000
     }
 
     #[test]
+    fn shipped_default_policy_is_valid() {
+        let text = include_str!("../../policies/default.toml");
+        let p = Policy::parse("policies/default.toml", text).unwrap();
+        assert_eq!(p.file.protected, default_protected());
+        assert_eq!(p.file.defaults.tools, Defaults::default().tools);
+    }
+
+    #[test]
     fn token_lookup_matches_only_the_right_hash() {
         let p = Policy::parse("p.toml", GOOD).unwrap();
         let mut h = [0u8; 32];
