@@ -289,8 +289,10 @@ mod tests {
     #[test]
     fn defaults_validate_and_bad_values_do_not() {
         Config::default().validate("x").unwrap();
-        let mut c = Config::default();
-        c.allowed_origins = vec!["http://evil.example/".into()];
+        let c = Config {
+            allowed_origins: vec!["http://evil.example/".into()],
+            ..Config::default()
+        };
         assert!(c.validate("x").is_err());
         let mut c = Config::default();
         c.redis.url = Some("http://redis".into());

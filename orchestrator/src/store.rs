@@ -672,7 +672,8 @@ local eid = move(id, c, to, patch, ev_kind, ARGV[j + 1], audit)
 return reply('ok', eid, id)
 "#;
 
-// ARGV: P, NOW, id, user, presented hash, 'approved'|'denied', reason ('' = none), audit note
+// ARGV: P, NOW, id, user, presented hash, 'approved'|'denied', reason ('' = none),
+// audit detail of a hash mismatch, audit detail of a decision (the reason, shortened)
 const DECIDE: &str = r#"
 local id, user, presented, to, reason = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local c = load_call(id)
@@ -703,7 +704,7 @@ if reason ~= '' then
   data.reason = reason
 end
 local eid = move(id, c, to, patch, to, cjson.encode(data),
-                 audit_for(id, c, user, to, to, string.sub(reason, 1, 256)))
+                 audit_for(id, c, user, to, to, ARGV[9]))
 return reply(to, eid, id)
 "#;
 
@@ -1509,6 +1510,7 @@ impl Store {
             to.as_str().into(),
             reason.unwrap_or("").into(),
             format!("decision carried args_sha256 {shown}"),
+            truncate_chars(reason.unwrap_or(""), AUDIT_REASON_CHARS).to_string(),
         ];
         let r: Vec<String> = self.invoke(&SCRIPTS.decide, &args).await?;
         let call = || CallRecord::from_flat(r.get(2..).unwrap_or_default());
@@ -1621,6 +1623,17 @@ fn session_from_fields(m: &HashMap<String, String>) -> Result<SessionRecord, Sto
         owner: get("owner")?,
         created_at_ms: parse_u64("created_at_ms", &get("created_at_ms")?)?,
     })
+}
+
+/// How much of a decision's reason the audit entry keeps.
+const AUDIT_REASON_CHARS: usize = 256;
+
+/// The first `n` characters of `s` (never splits a UTF-8 sequence).
+fn truncate_chars(s: &str, n: usize) -> &str {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
 }
 
 fn redact(msg: &str, secrets: &[String]) -> String {
@@ -1757,6 +1770,13 @@ mod tests {
             redact("auth failed for s3cret", &["s3cret".into()]),
             "auth failed for ***"
         );
+    }
+
+    #[test]
+    fn truncation_keeps_whole_characters() {
+        assert_eq!(truncate_chars("héllo", 2), "hé");
+        assert_eq!(truncate_chars("ab", 5), "ab");
+        assert_eq!(truncate_chars(&"é".repeat(300), 256).chars().count(), 256);
     }
 
     #[test]

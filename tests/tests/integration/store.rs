@@ -656,8 +656,8 @@ async fn wait_events_wakes_up_on_append_without_stalling_other_commands() {
             .expect("every waiter wakes")
             .unwrap();
         assert_eq!(
-            got.iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
-            [last.clone()]
+            got.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+            [last.as_str()]
         );
     }
 }
@@ -840,15 +840,25 @@ async fn a_wrong_hash_or_another_user_changes_nothing() {
     assert!(mismatch.detail.as_deref().unwrap().contains(OTHER_HASH));
 
     // The right user with the right hash still can: the approval was not used up.
+    let reason = format!("no thanks {}", "é".repeat(300));
     let r = store
-        .decide(&c.id, "alice", HASH, false, Some("no thanks"), now_ms())
+        .decide(&c.id, "alice", HASH, false, Some(&reason), now_ms())
         .await
         .unwrap();
     let DecisionResult::Denied { call, .. } = r else {
         panic!("expected a denial, got {r:?}")
     };
     assert_eq!(call.status, CallStatus::Denied);
-    assert_eq!(call.reason.as_deref(), Some("no thanks"));
+    assert_eq!(call.reason.as_deref(), Some(reason.as_str()));
+    // The audit keeps a shortened reason, cut between characters.
+    let audit = store.read_audit(None, 100).await.unwrap();
+    let denial = &audit.last().unwrap().1;
+    assert_eq!(denial.action, "denied");
+    let kept = denial.detail.as_deref().unwrap();
+    assert!(
+        kept.starts_with("no thanks ") && kept.chars().count() == 256,
+        "{kept}"
+    );
     assert_eq!(
         store
             .decide(&c.id, "alice", HASH, true, None, now_ms())
@@ -897,8 +907,8 @@ async fn approvals_expire_with_their_ttl() {
     // The sweeper expires the other one and leaves the fresh one alone.
     let expired = store.expire_due(now_ms()).await.unwrap();
     assert_eq!(
-        expired.iter().map(|c| c.id.clone()).collect::<Vec<_>>(),
-        [swept.id.clone()]
+        expired.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+        [swept.id.as_str()]
     );
     assert_eq!(expired[0].status, CallStatus::Expired);
     assert!(store.expire_due(now_ms()).await.unwrap().is_empty());
@@ -1029,7 +1039,7 @@ async fn redis_going_away_gives_unavailable_quickly_and_the_store_recovers() {
 
     server.stop();
     let t = Instant::now();
-    let results = vec![
+    let results = [
         store.ping().await.map(|_| ()),
         store.get_session(&s.id).await.map(|_| ()),
         store
@@ -1095,7 +1105,6 @@ async fn a_hung_redis_gives_unavailable_within_the_response_timeout() {
     for _ in 0..3 {
         let t = Instant::now();
         let r = store.get_session(&s.id).await;
-        eprintln!("DBG {:?} {r:?}", t.elapsed());
         assert!(matches!(r, Err(StoreError::Unavailable(_))), "{r:?}");
         assert!(
             t.elapsed() < Duration::from_secs(6),
