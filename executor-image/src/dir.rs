@@ -6,7 +6,7 @@ use crate::protocol::{
     SearchResult,
 };
 use crate::read::read_regular_file;
-use crate::resolve::RelPath;
+use crate::resolve::{openat_nofollow, RelPath};
 use crate::text::as_text;
 use crate::Ctx;
 use rustix::fs::{openat, statat, AtFlags, Dir, FileType, Mode, OFlags, Stat};
@@ -85,24 +85,15 @@ pub fn read_entries(dir: BorrowedFd<'_>) -> Result<Vec<Entry>, Errno> {
     Ok(out)
 }
 
-/// Opens a subdirectory for descending, never through a symlink.
+/// Opens a subdirectory for descending, never through a symlink (not even under gVisor, whose
+/// `O_DIRECTORY | O_NOFOLLOW` follows one: see `resolve::openat_nofollow`).
 pub fn open_subdir(dir: BorrowedFd<'_>, name: &[u8]) -> Result<OwnedFd, Errno> {
-    openat(
-        dir,
-        name,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
+    openat_nofollow(dir, name, OFlags::RDONLY | OFlags::DIRECTORY)
 }
 
 /// Opens a regular file in `dir` for reading, never through a symlink, never blocking.
 pub fn open_file_in(dir: BorrowedFd<'_>, name: &[u8]) -> Result<File, Errno> {
-    let fd = openat(
-        dir,
-        name,
-        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?;
+    let fd = openat_nofollow(dir, name, OFlags::RDONLY | OFlags::NONBLOCK)?;
     Ok(File::from(fd))
 }
 

@@ -170,6 +170,8 @@ enum Step {
     Symlink(Vec<u8>),
     Missing,
     Failed(Errno),
+    /// The name held another object by the time it was checked (a concurrent rename).
+    Changed,
 }
 
 const READ_FLAGS: OFlags = OFlags::RDONLY.union(OFlags::NONBLOCK);
@@ -181,15 +183,67 @@ fn open_component(dir: BorrowedFd<'_>, name: &[u8], flags: OFlags) -> Step {
         flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::empty(),
     ) {
-        Ok(fd) => Step::Opened(fd),
-        Err(Errno::NOENT) => Step::Missing,
-        // O_NOFOLLOW on a symlink gives ELOOP, or ENOTDIR together with O_DIRECTORY.
-        Err(e @ (Errno::LOOP | Errno::NOTDIR)) => match readlinkat(dir, name, Vec::new()) {
+        Ok(fd) => check_not_followed(dir, name, fd),
+        // O_NOFOLLOW on a symlink gives ELOOP, or ENOTDIR together with O_DIRECTORY. gVisor may
+        // instead follow the link and fail at its target (ENOENT for a dangling or absolute
+        // one): whatever the error, a name that is a symlink is resolved by hand.
+        Err(e) => match readlinkat(dir, name, Vec::new()) {
             Ok(target) => Step::Symlink(target.into_bytes()),
+            Err(_) if e == Errno::NOENT => Step::Missing,
             Err(_) => Step::Failed(e),
         },
+    }
+}
+
+/// `openat(dir, name, flags | O_NOFOLLOW | O_CLOEXEC)` that holds under gVisor too: ELOOP when
+/// `name` is a symlink (even where the runtime followed it), EAGAIN when the name changed
+/// while it was checked. For walks that descend into entries they listed.
+pub fn openat_nofollow(dir: BorrowedFd<'_>, name: &[u8], flags: OFlags) -> Result<OwnedFd, Errno> {
+    match open_component(dir, name, flags) {
+        Step::Opened(fd) => Ok(fd),
+        Step::Symlink(_) => Err(Errno::LOOP),
+        Step::Missing => Err(Errno::NOENT),
+        Step::Failed(e) => Err(e),
+        Step::Changed => Err(Errno::AGAIN),
+    }
+}
+
+/// Requires the fd `openat(O_NOFOLLOW)` returned to be the very object `name` holds, not the
+/// target of a symlink. The kernel guarantees that, but gVisor does not: there
+/// `openat(dir, "link", O_RDONLY | O_DIRECTORY | O_NOFOLLOW)` follows a symlink to a directory
+/// (`link -> /` opens the container's root). So: `lstat` the name; a symlink is resolved by
+/// hand like any other, and anything else must have the fd's device and inode.
+fn check_not_followed(dir: BorrowedFd<'_>, name: &[u8], fd: OwnedFd) -> Step {
+    let named = match rustix::fs::statat(dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => st,
+        Err(Errno::NOENT) => return Step::Changed,
+        Err(e) => return Step::Failed(e),
+    };
+    if FileType::from_raw_mode(named.st_mode) == FileType::Symlink {
+        drop(fd);
+        return match readlinkat(dir, name, Vec::new()) {
+            Ok(target) => Step::Symlink(target.into_bytes()),
+            Err(Errno::NOENT | Errno::INVAL) => Step::Changed,
+            Err(e) => Step::Failed(e),
+        };
+    }
+    match rustix::fs::fstat(&fd) {
+        Ok(opened) if (opened.st_dev, opened.st_ino) == (named.st_dev, named.st_ino) => {
+            Step::Opened(fd)
+        }
+        Ok(_) => Step::Changed,
         Err(e) => Step::Failed(e),
     }
+}
+
+fn changed(shown: &str) -> ToolError {
+    ToolError::new(
+        ErrorCode::Io,
+        format!(
+            "{} changed while it was being resolved; try again",
+            show(shown)
+        ),
+    )
 }
 
 fn outside(shown: &str, why: String) -> ToolError {
@@ -520,6 +574,7 @@ impl Workspace {
                     return Err(ToolError::new(ErrorCode::NotFound, msg));
                 }
                 (Step::Failed(e), _, _) => return Err(ToolError::from_errno(e, shown)),
+                (Step::Changed, _, _) => return Err(changed(shown)),
             }
         }
 
@@ -583,6 +638,7 @@ fn finish_write(
             )))
         }
         Step::Failed(e) => return Err(ToolError::from_errno(e, shown)),
+        Step::Changed => return Err(changed(shown)),
         Step::Symlink(_) => unreachable!("symlinks are followed by the caller"),
     };
     Ok(WriteTarget {
@@ -893,6 +949,45 @@ mod tests {
             assert_eq!(e.code, ErrorCode::PathOutsideWorkspace, "{strategy:?}");
             assert!(e.message.contains("too many levels"), "{}", e.message);
         }
+    }
+
+    #[test]
+    fn an_fd_that_followed_a_symlink_is_caught() {
+        // gVisor's openat(O_RDONLY | O_DIRECTORY | O_NOFOLLOW) follows a symlink to a
+        // directory. Simulate that here by following on purpose: the check must see the link.
+        let f = Fixture::new();
+        let ws = f.workspace(Strategy::WalkOnly);
+        let root = ws.root_fd();
+        for (name, target) in [("root_link", b"/".as_slice()), ("sub_link", b"sub")] {
+            let followed = openat(
+                root,
+                name,
+                OFlags::RDONLY | OFlags::DIRECTORY,
+                Mode::empty(),
+            )
+            .unwrap();
+            match check_not_followed(root, name.as_bytes(), followed) {
+                Step::Symlink(t) => assert_eq!(t, target, "{name}"),
+                _ => panic!("{name}: a followed symlink was accepted"),
+            }
+        }
+        // The object itself passes; another object under the same name does not.
+        let sub = openat(
+            root,
+            "sub",
+            OFlags::RDONLY | OFlags::DIRECTORY,
+            Mode::empty(),
+        )
+        .unwrap();
+        assert!(matches!(
+            check_not_followed(root, b"sub", sub),
+            Step::Opened(_)
+        ));
+        let other = openat(root, "sub/deeper", OFlags::RDONLY, Mode::empty()).unwrap();
+        assert!(matches!(
+            check_not_followed(root, b"sub", other),
+            Step::Changed
+        ));
     }
 
     #[test]

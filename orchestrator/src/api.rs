@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -34,6 +34,49 @@ pub struct AppState {
     pub allowed_origins: Arc<Vec<String>>,
     /// Cancelled at shutdown so long-lived event streams end and the server can stop.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Open event streams per user (bounded by `limits.max_streams_per_user`).
+    pub streams: StreamCounts,
+}
+
+/// Open event streams (WebSocket or SSE) per user.
+#[derive(Clone, Default)]
+pub struct StreamCounts(Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>);
+
+/// One open event stream; dropping it frees the user's slot.
+struct StreamSlot {
+    counts: StreamCounts,
+    user: String,
+}
+
+impl StreamCounts {
+    fn acquire(&self, user: &str, max: usize) -> Result<StreamSlot, AppError> {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(user.to_string()).or_default();
+        if *n >= max {
+            return Err(AppError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "busy",
+                format!("you already have {max} event streams open; close one first"),
+            ));
+        }
+        *n += 1;
+        Ok(StreamSlot {
+            counts: self.clone(),
+            user: user.to_string(),
+        })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut m = self.counts.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.user) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.user);
+            }
+        }
+    }
 }
 
 /// Builds the router (for the server and for `oneshot` tests).
@@ -150,13 +193,24 @@ impl From<EngineError> for AppError {
 
 impl From<JsonRejection> for AppError {
     fn from(r: JsonRejection) -> AppError {
-        let status = r.status();
+        let status = match r.status() {
+            // A body that parses but does not fit (unknown field, wrong type) is as invalid
+            // as one that does not parse: 400, as documented.
+            StatusCode::UNPROCESSABLE_ENTITY => StatusCode::BAD_REQUEST,
+            s => s,
+        };
         let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
             "too_large"
         } else {
             "invalid_request"
         };
         AppError::new(status, code, r.body_text())
+    }
+}
+
+impl From<QueryRejection> for AppError {
+    fn from(r: QueryRejection) -> AppError {
+        AppError::new(StatusCode::BAD_REQUEST, "invalid_request", r.body_text())
     }
 }
 
@@ -299,8 +353,9 @@ async fn get_session(
     State(st): State<AppState>,
     AuthUser(user): AuthUser,
     Path(id): Path<String>,
-    Query(q): Query<AfterQuery>,
+    q: Result<Query<AfterQuery>, QueryRejection>,
 ) -> Result<Json<Value>, AppError> {
+    let Query(q) = q?;
     let s = st.engine.owned_session(&user, &id).await?;
     let limit = q.limit.unwrap_or(1000).min(10_000);
     let events = st
@@ -461,12 +516,13 @@ fn event_json(e: &StoredEvent) -> Value {
 async fn events(
     State(st): State<AppState>,
     Path(id): Path<String>,
-    Query(q): Query<AfterQuery>,
+    q: Result<Query<AfterQuery>, QueryRejection>,
     req: Request,
 ) -> Result<Response, AppError> {
     let (mut parts, _) = req.into_parts();
     check_origin(&parts.headers, &st)?;
     let AuthUser(user) = AuthUser::from_request_parts(&mut parts, &st).await?;
+    let Query(q) = q?;
     st.engine.owned_session(&user, &id).await?;
     let after = q.after.or_else(|| {
         parts
@@ -481,6 +537,9 @@ async fn events(
         .read_events(&id, after.as_deref(), 1)
         .await
         .map_err(EngineError::from)?;
+    let slot = st
+        .streams
+        .acquire(&user.name, st.engine.limits().max_streams_per_user)?;
     let is_ws = parts
         .headers
         .get(header::UPGRADE)
@@ -496,13 +555,15 @@ async fn events(
         let stop = st.shutdown.clone();
         return Ok(ws
             .protocols([WS_PROTOCOL])
-            .on_upgrade(move |socket| ws_events(socket, engine, id, after, stop)));
+            .on_upgrade(move |socket| ws_events(socket, engine, id, after, stop, slot)));
     }
     let engine = st.engine.clone();
     let stop = st.shutdown.clone();
     let stream = futures_util::stream::unfold(
         (engine, id, after, Vec::<StoredEvent>::new()),
         move |(engine, id, mut after, mut buf)| {
+            // The slot is freed when the client goes and the stream is dropped.
+            let _held = &slot;
             let stop = stop.clone();
             async move {
                 loop {
@@ -539,6 +600,7 @@ async fn ws_events(
     session: String,
     mut after: Option<String>,
     stop: tokio_util::sync::CancellationToken,
+    _slot: StreamSlot,
 ) {
     let (mut tx, mut rx) = socket.split();
     loop {

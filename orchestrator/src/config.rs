@@ -301,9 +301,11 @@ mod tests {
 
     #[test]
     fn example_config_parses_to_the_defaults() {
-        let c: Config =
-            parse_toml("docs/airlock.example.toml", include_str!("../../docs/airlock.example.toml"))
-                .unwrap();
+        let c: Config = parse_toml(
+            "docs/airlock.example.toml",
+            include_str!("../../docs/airlock.example.toml"),
+        )
+        .unwrap();
         let d = Config::default();
         assert_eq!(c.limits, d.limits);
         assert_eq!(c.listen, d.listen);

@@ -75,6 +75,8 @@ pub struct Engine {
     per_user: Mutex<HashMap<String, Arc<Semaphore>>>,
     pub metrics: Metrics,
     tasks: TaskTracker,
+    /// Cancelled at shutdown: ends background watchers.
+    stop: CancellationToken,
 }
 
 impl Engine {
@@ -95,6 +97,7 @@ impl Engine {
             per_user: Mutex::new(HashMap::new()),
             metrics: Metrics::default(),
             tasks: TaskTracker::new(),
+            stop: CancellationToken::new(),
         })
     }
 
@@ -295,9 +298,17 @@ impl Engine {
             return Ok(rec);
         }
         // Allowed without asking: run now and answer with the finished call when it is quick.
-        self.store
+        if let Err(e) = self
+            .store
             .create_call(&rec, ("call_proposed", proposed_event(&rec)))
-            .await?;
+            .await
+        {
+            if matches!(e, StoreError::Unavailable(_)) {
+                // Only this request knows the new id: if the call turns up, it is ours.
+                self.settle_unconfirmed(id.clone(), |_| true);
+            }
+            return Err(e.into());
+        }
         let this = self.clone();
         let (u, r) = (user.clone(), rec.clone());
         let done = self.tasks.spawn(async move { this.execute(u, r).await });
@@ -385,12 +396,21 @@ impl Engine {
         args_sha256: &str,
         reason: Option<&str>,
     ) -> Result<CallRecord, EngineError> {
+        let now = now_ms();
         let res = match self
             .store
-            .decide(call_id, &user.name, args_sha256, approve, reason, now_ms())
+            .decide(call_id, &user.name, args_sha256, approve, reason, now)
             .await
         {
             Err(StoreError::NotFound) => return Err(EngineError::NotFound("tool call")),
+            Err(e @ StoreError::Unavailable(_)) => {
+                // The decision carries `now` as its decided_at_ms: that marks it as this one.
+                let name = user.name.clone();
+                self.settle_unconfirmed(call_id.to_string(), move |c| {
+                    c.decided_at_ms == Some(now) && c.decided_by.as_deref() == Some(name.as_str())
+                });
+                return Err(e.into());
+            }
             other => other?,
         };
         match res {
@@ -401,9 +421,9 @@ impl Engine {
             DecisionResult::AlreadyDecided { current } => Err(EngineError::Conflict(format!(
                 "this call was already decided: it is `{current}`"
             ))),
-            DecisionResult::Expired { .. } => {
+            DecisionResult::Expired { call: rec, .. } => {
                 self.discard_prepared(call_id);
-                self.metrics.count_call("", "expired");
+                self.metrics.count_call(&rec.tool, "expired");
                 Err(EngineError::Gone(
                     "the approval expired: the call was denied; propose it again".into(),
                 ))
@@ -440,6 +460,68 @@ impl Engine {
                 Ok(rec)
             }
         }
+    }
+
+    /// Redis did not confirm a write in time (the API answered 503, "nothing was changed"), but
+    /// the command may still sit in a connection and be applied once Redis answers again. This
+    /// watches the call for a while and undoes such a late write in the fail-closed direction:
+    /// a call it approved, which nobody will run, is failed; a decided call's prepared container
+    /// is stopped. `is_ours` recognises the unconfirmed write in the stored record.
+    fn settle_unconfirmed(
+        self: &Arc<Self>,
+        call_id: String,
+        is_ours: impl Fn(&CallRecord) -> bool + Send + 'static,
+    ) {
+        let this = self.clone();
+        self.tasks.spawn(async move {
+            // Give up after Redis has answered this many times without the write showing up,
+            // or after the outage lasts longer than `GIVE_UP`.
+            const ANSWERS: u32 = 20;
+            const GIVE_UP: Duration = Duration::from_secs(600);
+            let started = Instant::now();
+            let mut answers = 0;
+            while answers < ANSWERS && started.elapsed() < GIVE_UP {
+                tokio::select! {
+                    _ = this.stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+                let rec = match this.store.get_call(&call_id).await {
+                    Err(_) => continue,
+                    Ok(None) => {
+                        answers += 1;
+                        continue;
+                    }
+                    Ok(Some(rec)) => rec,
+                };
+                if rec.status == CallStatus::Approved && is_ours(&rec) {
+                    this.discard_prepared(&call_id);
+                    let error = json!({"code": "unconfirmed", "message": "Redis did not confirm the approval in time, so the call was not run; propose it again"});
+                    let audit = this.audit(&rec, "system", "failed", "unconfirmed");
+                    let r = this
+                        .store
+                        .transition(
+                            &call_id,
+                            CallStatus::Failed,
+                            &[("error", error.to_string())],
+                            Some(("call_finished", json!({"call_id": call_id, "status": "failed", "error": error}))),
+                            Some(&audit),
+                        )
+                        .await;
+                    if r.is_ok() {
+                        this.metrics.count_call(&rec.tool, "failed");
+                    }
+                    return;
+                }
+                if rec.status.is_terminal() {
+                    this.discard_prepared(&call_id);
+                    return;
+                }
+                if rec.status != CallStatus::AwaitingApproval {
+                    return; // approved and run by a confirmed decision
+                }
+                answers += 1;
+            }
+        });
     }
 
     /// Moves due approvals to `expired` and stops their containers.
@@ -663,6 +745,7 @@ impl Engine {
 
     /// Waits for every spawned call to finish (graceful shutdown).
     pub async fn shutdown(&self) {
+        self.stop.cancel();
         self.tasks.close();
         self.tasks.wait().await;
         let tasks: Vec<_> = self

@@ -84,6 +84,7 @@ pub async fn run(
         engine: engine.clone(),
         allowed_origins: Arc::new(config.allowed_origins.clone()),
         shutdown: stop.clone(),
+        streams: Default::default(),
     };
     tracing::info!(addr = %listener.local_addr()?, "airlock listening");
     let stop2 = stop.clone();

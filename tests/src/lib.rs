@@ -5,6 +5,7 @@
 //! how to get it.
 
 pub mod redis_server;
+pub mod server;
 use std::os::unix::fs::{chown, symlink};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -31,9 +32,23 @@ pub struct TestSandbox {
     _slot: SemaphorePermit<'static>,
 }
 
+/// One of the suite's Docker slots (a test holding one may run up to two containers at once).
+pub async fn docker_slot() -> SemaphorePermit<'static> {
+    DOCKER_SLOTS.acquire().await.expect("never closed")
+}
+
+/// A container instance label unique to this test process and call.
+pub fn next_instance(kind: &str) -> String {
+    format!(
+        "test-{kind}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
 /// A sandbox for one test. Panics (never skips) when Docker or the image is missing.
 pub async fn sandbox() -> TestSandbox {
-    let slot = DOCKER_SLOTS.acquire().await.expect("never closed");
+    let slot = docker_slot().await;
     let instance = format!(
         "test-{}-{}",
         std::process::id(),

@@ -267,6 +267,7 @@ impl Sandbox {
         let guard = RemoveGuard {
             docker: docker.clone(),
             id: Some(id.clone()),
+            permit: Some(permit),
         };
         let attach = AttachContainerOptionsBuilder::default()
             .stdin(true)
@@ -282,7 +283,6 @@ impl Sandbox {
             guard,
             input: attached.input,
             output: attached.output,
-            permit,
             profile: profile.clone(),
         })
     }
@@ -301,17 +301,19 @@ impl Sandbox {
 type OutputStream = Pin<Box<dyn Stream<Item = Result<LogOutput, DockerError>> + Send>>;
 
 /// Removes the container when dropped, unless disarmed (the driver task then owns removal).
+/// It holds the container's slot until the removal is done, so `drain` means "all removed".
 struct RemoveGuard {
     docker: Docker,
     id: Option<String>,
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl RemoveGuard {
     fn id(&self) -> &str {
         self.id.as_deref().unwrap_or_default()
     }
-    fn disarm(&mut self) -> String {
-        self.id.take().unwrap_or_default()
+    fn disarm(&mut self) -> (String, Option<OwnedSemaphorePermit>) {
+        (self.id.take().unwrap_or_default(), self.permit.take())
     }
 }
 
@@ -319,9 +321,11 @@ impl Drop for RemoveGuard {
     fn drop(&mut self) {
         if let Some(id) = self.id.take() {
             let docker = self.docker.clone();
+            let permit = self.permit.take();
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
                 handle.spawn(async move {
                     let _ = remove_container(&docker, &id).await;
+                    drop(permit);
                 });
             }
         }
@@ -351,7 +355,6 @@ pub struct Prepared {
     guard: RemoveGuard,
     input: Pin<Box<dyn AsyncWrite + Send>>,
     output: OutputStream,
-    permit: OwnedSemaphorePermit,
     profile: Profile,
 }
 
@@ -369,7 +372,7 @@ impl Prepared {
         let started = Instant::now();
         let (tx, rx) = mpsc::channel(64);
         let cancel = CancellationToken::new();
-        let id = self.guard.disarm();
+        let (id, permit) = self.guard.disarm();
         let driver = Driver {
             docker: self.docker.clone(),
             id: id.clone(),
@@ -380,7 +383,7 @@ impl Prepared {
             deadline: started + self.profile.timeout(),
             cap: self.profile.output_bytes,
             started,
-            permit: self.permit,
+            permit,
         };
         tokio::spawn(driver.run());
         Ok(CallHandle {
@@ -392,8 +395,9 @@ impl Prepared {
 
     /// Kills and removes the container without sending anything.
     pub async fn discard(mut self) {
-        let id = self.guard.disarm();
+        let (id, permit) = self.guard.disarm();
         let _ = remove_container(&self.docker, &id).await;
+        drop(permit);
     }
 }
 
@@ -468,7 +472,7 @@ struct Driver {
     deadline: Instant,
     cap: u64,
     started: Instant,
-    permit: OwnedSemaphorePermit,
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 /// Bytes of stderr kept for diagnostics.

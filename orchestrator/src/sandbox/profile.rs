@@ -28,6 +28,9 @@ pub const EXECUTOR_PATH: &str = "/usr/local/bin/airlock-executor";
 /// The only environment a container gets (invariant: nothing from the host).
 pub const CONTAINER_ENV: [&str; 3] = ["PATH=/bin:/usr/bin", "HOME=/tmp", "LANG=C.UTF-8"];
 
+/// Smallest pids limit that leaves room for gVisor's Sentry threads (measured: 64 is not enough).
+pub const RUNSC_MIN_PIDS: u32 = 128;
+
 /// OCI runtime used to start sandbox containers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -124,6 +127,12 @@ impl Profile {
         }
         if self.pids < 4 {
             return bad(format!("pids = {} is below the minimum of 4", self.pids));
+        }
+        if self.runtime == Runtime::Runsc && self.pids < RUNSC_MIN_PIDS {
+            return bad(format!(
+                "pids = {} is too small for runsc: gVisor's own kernel threads count against the container's pids limit, so below {RUNSC_MIN_PIDS} the sandbox dies before the tool runs",
+                self.pids
+            ));
         }
         if self.timeout_secs == 0 || self.timeout_secs > 24 * 3600 {
             return bad(format!(

@@ -443,7 +443,14 @@ async fn list_and_search_escapes(rt: Runtime) {
     }
     // run_shell's working directory is resolved the same way (the shell itself may `cd`
     // anywhere in its container; the point is that the executor never resolves out).
-    for cwd in ["root_link", "proc_root", "abs_dir", "rel_dir", "/", "sub/../.."] {
+    for cwd in [
+        "root_link",
+        "proc_root",
+        "abs_dir",
+        "rel_dir",
+        "/",
+        "sub/../..",
+    ] {
         refused(
             &ts,
             &ws,

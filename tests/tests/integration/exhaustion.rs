@@ -14,11 +14,16 @@ use crate::helpers::{err, shell_res, snapshot};
 
 const MIB: u64 = 1024 * 1024;
 
-/// A tight profile: small everything, short deadline.
+/// A tight profile: small everything, short deadline. Under gVisor the pids limit also counts
+/// the sandbox kernel's own threads (see `runsc_small_pids_limit_is_refused_or_works`), so it
+/// gets the default there.
 fn tight(ws: &Workspace, runtime: Runtime) -> Profile {
     Profile {
         memory_bytes: 64 * MIB,
-        pids: 48,
+        pids: match runtime {
+            Runtime::Runc => 48,
+            Runtime::Runsc => Profile::default().pids,
+        },
         timeout_secs: 20,
         output_bytes: 256 * 1024,
         tmpfs_bytes: 8 * MIB,
@@ -148,6 +153,41 @@ async fn fork_bomb_is_stopped_by_the_pids_limit() {
     // executor reports it, and the sandbox did not have to step in.
     err(&c, ErrorCode::Timeout, "fork bomb");
     assert!(took < Duration::from_secs(60), "took {took:?}");
+    still_healthy(&ts, &ws).await;
+    ts.finish().await;
+}
+
+/// Under gVisor the guest's processes are backed by the sandbox kernel's host threads, which the
+/// pids cgroup counts: the bomb exhausts them and the sandbox kernel itself dies (Go's runtime
+/// exits 2 when it cannot make a thread). The bomb is contained, the host is fine and the call
+/// ends promptly, but as a crashed sandbox (no result, exit status 2), not a clean timeout.
+#[tokio::test]
+async fn fork_bomb_under_gvisor_ends_the_sandbox() {
+    let ts = sandbox().await;
+    let ws = Workspace::new();
+    let profile = tight(&ws, Runtime::Runsc);
+    let req = request(
+        "run_shell",
+        json!({
+            "command": "bomb() { bomb | bomb & }; bomb 2>/dev/null; echo bombed; while :; do :; done",
+            "timeout_secs": 6,
+        }),
+        Mode::Preview,
+    );
+    let started = Instant::now();
+    let c = ts.call(&ws, req, &profile).await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(60), "took {took:?}");
+    assert!(!c.outcome.timed_out && !c.outcome.oom_killed, "{c:#?}");
+    assert!(!has_final_event(&c), "{c:#?}");
+    assert_eq!(c.outcome.exit_code, Some(2), "{c:#?}");
+    assert!(
+        c.outcome
+            .protocol_error
+            .as_deref()
+            .is_some_and(|e| e.contains("without a result")),
+        "{c:#?}"
+    );
     still_healthy(&ts, &ws).await;
     ts.finish().await;
 }
@@ -352,13 +392,18 @@ async fn large_workspace_write_is_stopped_by_fsize() {
     ts.finish().await;
 }
 
+/// Network attempts fail, and for the right reason. (Debian's static busybox `wget` segfaults
+/// in a container without network instead of reporting an error, so `nc` and `nslookup` speak
+/// for it.)
 #[tokio::test]
 async fn network_is_unreachable() {
     let ts = sandbox().await;
     let ws = Workspace::new();
     let script = "nc -w 3 1.1.1.1 53 </dev/null; echo nc_ip=$?; \
                   nc -w 3 example.com 80 </dev/null; echo nc_dns=$?; \
+                  nslookup example.com 9.9.9.9; echo nslookup_ip=$?; \
                   nslookup example.com; echo nslookup=$?; \
+                  echo resolv_conf_bytes=$(wc -c < /etc/resolv.conf); \
                   echo routes:; cat /proc/net/route; echo interfaces:; ls /sys/class/net";
     for (runtime, unreachable) in [
         (Runtime::Runc, "Network is unreachable"),
@@ -369,25 +414,34 @@ async fn network_is_unreachable() {
         assert_eq!(shell_res(&c, &what).exit_code, Some(0), "{what}");
         let stdout = c.stdout();
         let stderr = c.output(StreamKind::Stderr);
-        assert!(
-            stderr.contains(&format!(
-                "nc: can't connect to remote host (1.1.1.1): {unreachable}"
-            )),
-            "{what}: connecting to an IP fails for want of a route: {stderr}"
-        );
-        assert!(
-            stderr.contains("nc: bad address 'example.com'"),
-            "{what}: name resolution fails: {stderr}"
-        );
-        assert!(
-            stderr.contains("nslookup: can't connect to remote host")
-                && stderr.matches(unreachable).count() >= 2,
-            "{what}: the DNS server is unreachable: {stderr}"
-        );
-        for status in ["nc_ip=1", "nc_dns=1", "nslookup=1"] {
+        for status in [
+            "nc_ip=1",
+            "nc_dns=1",
+            "nslookup_ip=1",
+            "nslookup=1",
+            "resolv_conf_bytes=0",
+        ] {
             assert!(stdout.contains(status), "{what}: {status} in {stdout}");
         }
-        // Evidence: no route at all (header only) and no interface but loopback.
+        // Connecting to an address fails for want of a route, not a timeout or a crash.
+        for needle in [
+            format!("nc: can't connect to remote host (1.1.1.1): {unreachable}"),
+            format!("nslookup: can't connect to remote host (9.9.9.9): {unreachable}"),
+        ] {
+            assert!(stderr.contains(&needle), "{what}: {needle:?} in {stderr}");
+        }
+        // Names cannot be resolved: no name server is configured, and the loopback fallback
+        // has nobody listening.
+        assert!(
+            stderr.contains("nc: bad address 'example.com'"),
+            "{what}: {stderr}"
+        );
+        assert!(
+            stderr.contains("nslookup: write to '127.0.0.1': Connection refused")
+                && stdout.contains("no servers could be reached"),
+            "{what}: {stdout}\n{stderr}"
+        );
+        // Evidence: no route at all (the header only) and no interface but loopback.
         let routes: Vec<&str> = stdout
             .split("routes:\n")
             .nth(1)
@@ -433,25 +487,10 @@ async fn dropping_the_call_handle_removes_the_container() {
     );
     let id = h.container_id().to_string();
     drop(h);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match ts
-            .sandbox
-            .docker()
-            .inspect_container(&id, None::<InspectContainerOptions>)
-            .await
-        {
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
-            }) => break,
-            Ok(_) | Err(_) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(100)).await
-            }
-            other => panic!("container {id} still there 30 s after the drop: {other:?}"),
-        }
-    }
+    removed_once_drained(&ts, &id, "dropped CallHandle").await;
 
-    // A prepared container that never gets its request is removed when dropped, too.
+    // A prepared container that never gets its request is removed when dropped, too (a denied
+    // or expired approval).
     let prepared = ts
         .sandbox
         .prepare(&ws.profile(Runtime::Runc), &ws.spec(&req.call, false))
@@ -459,21 +498,62 @@ async fn dropping_the_call_handle_removes_the_container() {
         .expect("prepare");
     let id = prepared.container_id().to_string();
     drop(prepared);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    removed_once_drained(&ts, &id, "dropped Prepared").await;
+    ts.finish().await;
+}
+
+/// `Sandbox::drain` promises that every container of the handle has been removed when it
+/// returns (a container's slot is held until its removal): check it for `id`.
+async fn removed_once_drained(ts: &TestSandbox, id: &str, what: &str) {
+    tokio::time::timeout(Duration::from_secs(30), ts.sandbox.drain())
+        .await
+        .unwrap_or_else(|_| panic!("{what}: drain() did not return within 30 s"));
+    assert_eq!(ts.sandbox.containers_in_use(), 0, "{what}");
+    match ts
+        .sandbox
+        .docker()
+        .inspect_container(id, None::<InspectContainerOptions>)
+        .await
+    {
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => {}
+        other => panic!("{what}: container {id} still exists after drain(): {other:?}"),
+    }
+}
+
+/// Under gVisor the container's pids cgroup also holds the sandbox kernel (the Go sentry and
+/// its OS threads), so a small pids limit kills the whole sandbox before the executor answers:
+/// the call ends with exit status 2 and no event. A profile must either be refused up front
+/// (`InvalidProfile`) or work.
+#[tokio::test]
+async fn runsc_small_pids_limit_is_refused_or_works() {
+    let ts = sandbox().await;
+    let ws = Workspace::new();
+    for pids in [48, 64] {
+        let profile = Profile {
+            pids,
+            ..ws.profile(Runtime::Runsc)
+        };
+        let req = request("run_shell", json!({ "command": "echo hi" }), Mode::Preview);
         match ts
             .sandbox
-            .docker()
-            .inspect_container(&id, None::<InspectContainerOptions>)
+            .run(&profile, &ws.spec(&req.call, false), &req)
             .await
         {
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
-            }) => break,
-            Ok(_) | Err(_) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(100)).await
+            Err(airlock::sandbox::SandboxError::InvalidProfile(msg)) => {
+                assert!(msg.contains("pids"), "{msg}")
             }
-            other => panic!("prepared container {id} still there 30 s after the drop: {other:?}"),
+            Err(other) => panic!("pids {pids}: unexpected error {other}"),
+            Ok(h) => {
+                let (events, outcome) = h.collect().await;
+                let c = Called { events, outcome };
+                assert_eq!(
+                    shell_res(&c, &format!("runsc with pids {pids}")).exit_code,
+                    Some(0)
+                );
+                assert_eq!(c.stdout(), "hi\n");
+            }
         }
     }
     ts.finish().await;

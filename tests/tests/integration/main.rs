@@ -1,5 +1,6 @@
 //! Airlock's integration tests: one test binary, real Docker engine, real redis-server.
 
+mod api;
 mod escapes;
 mod exhaustion;
 mod helpers;

@@ -23,7 +23,7 @@ async fn running_container_has_the_whole_locked_profile() {
         let profile = Profile {
             memory_bytes: 200 * 1024 * 1024,
             cpus: 0.5,
-            pids: 77,
+            pids: 177,
             nofile: 333,
             fsize_bytes: 5 * 1024 * 1024,
             tmpfs_bytes: 7 * 1024 * 1024,
@@ -119,7 +119,7 @@ async fn running_container_has_the_whole_locked_profile() {
             hc.userns_mode.unwrap_or_default().is_empty(),
             "no host user namespace"
         );
-        assert_eq!(hc.pids_limit, Some(77));
+        assert_eq!(hc.pids_limit, Some(177));
         assert_eq!(hc.memory, Some(200 * 1024 * 1024));
         assert_eq!(hc.memory_swap, Some(200 * 1024 * 1024));
         assert_eq!(hc.nano_cpus, Some(500_000_000));
