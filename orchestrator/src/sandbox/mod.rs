@@ -134,6 +134,8 @@ pub async fn connect_docker(endpoint: Option<&str>) -> Result<Docker, SandboxErr
 struct Inner {
     docker: Docker,
     image_id: String,
+    /// Images named by policies (reference → pinned ID), see [`Sandbox::pin_image`].
+    images: std::sync::RwLock<HashMap<String, String>>,
     instance: String,
     limit: Arc<Semaphore>,
     max_containers: usize,
@@ -167,6 +169,7 @@ impl Sandbox {
             inner: Arc::new(Inner {
                 docker,
                 image_id,
+                images: Default::default(),
                 instance: config.instance.clone(),
                 limit: Arc::new(Semaphore::new(config.max_containers.max(1))),
                 max_containers: config.max_containers.max(1),
@@ -178,6 +181,44 @@ impl Sandbox {
     /// The pinned image ID every container uses.
     pub fn image_id(&self) -> &str {
         &self.inner.image_id
+    }
+
+    /// Resolves an image a policy names to its ID and pins it: profiles naming `reference`
+    /// use that ID until it is pinned again (at the next policy load).
+    pub async fn pin_image(&self, reference: &str) -> Result<String, SandboxError> {
+        let id = match self.inner.docker.inspect_image(reference).await {
+            Ok(img) => img.id.unwrap_or_default(),
+            Err(DockerError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => return Err(SandboxError::ImageNotFound(reference.to_string())),
+            Err(e) => return Err(e.into()),
+        };
+        self.inner
+            .images
+            .write()
+            .expect("images lock")
+            .insert(reference.to_string(), id.clone());
+        Ok(id)
+    }
+
+    /// Whether the engine has the OCI runtime `name` registered.
+    pub fn has_runtime(&self, name: &str) -> bool {
+        self.inner.runtimes.iter().any(|r| r == name)
+    }
+
+    /// The pinned image ID for `profile`.
+    fn image_for(&self, profile: &Profile) -> Result<String, SandboxError> {
+        match &profile.image {
+            None => Ok(self.inner.image_id.clone()),
+            Some(r) => self
+                .inner
+                .images
+                .read()
+                .expect("images lock")
+                .get(r)
+                .cloned()
+                .ok_or_else(|| SandboxError::ImageNotFound(r.clone())),
+        }
     }
 
     /// The engine handle, for the few read-only checks outside this module (readiness).
@@ -251,6 +292,7 @@ impl Sandbox {
                 profile.runtime.as_str().to_string(),
             ));
         }
+        let image_id = self.image_for(profile)?;
         let permit = self
             .inner
             .limit
@@ -259,8 +301,7 @@ impl Sandbox {
             .await
             .expect("the sandbox semaphore is never closed");
         let docker = &self.inner.docker;
-        let config =
-            locked_container_config(&self.inner.image_id, &self.inner.instance, profile, spec);
+        let config = locked_container_config(&image_id, &self.inner.instance, profile, spec);
         let created = docker.create_container(None, config).await?;
         let id = created.id;
         // From here on, any failure must remove the container.
@@ -361,6 +402,11 @@ pub struct Prepared {
 impl Prepared {
     pub fn container_id(&self) -> &str {
         self.guard.id()
+    }
+
+    /// The profile the container was started with.
+    pub fn profile(&self) -> &Profile {
+        &self.profile
     }
 
     /// Writes the request; the deadline starts now. Events arrive on the returned handle.
@@ -512,7 +558,11 @@ impl Driver {
                 _ = tx.closed() => End::ReceiverGone,
             }
         };
+        // Close both halves of the attach connection now: a half-open attach keeps the daemon
+        // blocked writing output nobody reads, holding the container lock so kill, wait and
+        // inspect would hang until their client timeouts.
         drop(output);
+        drop(input);
         let mut outcome = Outcome::default();
         match &end {
             End::Eof => {}
@@ -561,7 +611,6 @@ impl Driver {
         let _ = tx.send(SandboxEvent::Finished(outcome)).await;
         // Removal happens after the caller has its outcome: off the critical path.
         let _ = remove_container(&docker, &id).await;
-        drop(input);
         drop(permit);
     }
 }

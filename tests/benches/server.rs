@@ -1,0 +1,314 @@
+//! Server benchmark (`cargo bench -p airlock-tests --bench server`): the `airlock serve`
+//! binary (release) against `docker run --rm` with the same flags, interleaved in one run.
+//!
+//! Prints: approve → result and allowed-call latency (p50, p99, ratio to `docker run`),
+//! orchestrator overhead per call (HTTP allowed call − a direct sandbox call, paired), throughput
+//! with 8 concurrent sessions against 8 concurrent `docker run` loops, and the server's RSS with
+//! 200 idle WebSocket sessions.
+//!
+//! Environment: `AIRLOCK_BENCH_N` (iterations, default 20), `AIRLOCK_BENCH_SECS` (throughput
+//! window per side, default 10).
+
+use std::time::{Duration, Instant};
+
+use airlock::bench::{docker_run_args, percentile};
+use airlock::protocol::{Event, Mode};
+use airlock::sandbox::{Profile, Runtime, Sandbox, SandboxConfig, SandboxEvent};
+use airlock_tests::request;
+use airlock_tests::server::{Fixture, ServerOptions, ServerProcess};
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::Message;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+async fn ws_connect(base_ws: &str, session: &str, token: &str) -> Ws {
+    let mut req = format!("{base_ws}/v1/sessions/{session}/events")
+        .into_client_request()
+        .expect("request");
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        HeaderValue::from_str(&format!("airlock.v1, airlock.token.{token}")).unwrap(),
+    );
+    tokio_tungstenite::connect_async(req)
+        .await
+        .expect("websocket")
+        .0
+}
+
+/// Reads WS events until `call_finished` for `call`.
+async fn wait_finished(ws: &mut Ws, call: &str) -> Value {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(60), ws.next())
+            .await
+            .expect("an event within 60 s")
+            .expect("open")
+            .expect("ws ok");
+        if let Message::Text(t) = msg {
+            let v: Value = serde_json::from_str(&t).expect("json");
+            if v["type"] == "call_finished" && v["data"]["call_id"] == call {
+                return v;
+            }
+        }
+    }
+}
+
+async fn docker_run(args: &[String], line: &[u8]) -> Duration {
+    use tokio::io::AsyncWriteExt;
+    let t = Instant::now();
+    let mut child = tokio::process::Command::new("docker")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("docker cli");
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(line)
+        .await
+        .expect("write");
+    let out = child.wait_with_output().await.expect("docker run");
+    assert!(
+        out.status.success(),
+        "docker run failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    t.elapsed()
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn line(name: &str, v: &[Duration], base: Duration) {
+    println!(
+        "{name:<34} p50 {:>8.1} ms   p99 {:>8.1} ms   ratio {:.3}",
+        ms(percentile(v, 0.5)),
+        ms(percentile(v, 0.99)),
+        ms(percentile(v, 0.5)) / ms(base).max(f64::EPSILON)
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    let n = env_num("AIRLOCK_BENCH_N", 20) as usize;
+    let secs = env_num("AIRLOCK_BENCH_SECS", 10);
+    let opts = ServerOptions {
+        max_streams_per_user: 256,
+        ..ServerOptions::default()
+    }
+    .tool("write_file", "ask");
+    let fx = Fixture::new(opts).await;
+    // Room for 8 concurrent sessions (the test fixture's limits are deliberately tiny).
+    let cfg = std::fs::read_to_string(&fx.config_path).expect("config");
+    let cfg = cfg
+        .replace("max_running_per_user = 2", "max_running_per_user = 8")
+        .replace("max_running_total = 4", "max_running_total = 16")
+        .replace("max_containers = 2", "max_containers = 24")
+        .replace("max_prepared = 1", "max_prepared = 16");
+    std::fs::write(&fx.config_path, cfg).expect("config");
+    fx.alice
+        .workspace
+        .write("bench.txt", "hello from the benchmark\n".repeat(40));
+
+    let server = ServerProcess::start(&fx, 0).await;
+    let api = &server.api;
+    let token = fx.alice.token.clone();
+    let base_ws = api.ws_url("");
+
+    // The baseline and the direct sandbox path use the same profile the server gives alice.
+    let profile = Profile {
+        uid: fx.alice.workspace.uid,
+        gid: fx.alice.workspace.gid,
+        timeout_secs: 60,
+        runtime: Runtime::Runc,
+        ..Profile::default()
+    };
+    let sandbox = Sandbox::new(&SandboxConfig {
+        instance: format!("{}-direct", fx.instance),
+        max_containers: 16,
+        ..SandboxConfig::default()
+    })
+    .await
+    .expect("sandbox");
+    let req = request("read_file", json!({"path": "bench.txt"}), Mode::Preview);
+    let mut req_line = serde_json::to_vec(&req).unwrap();
+    req_line.push(b'\n');
+    let args = docker_run_args(sandbox.image_id(), &profile, &fx.alice.workspace.root());
+
+    let session = api.session(&token).await;
+    let mut ws = ws_connect(&base_ws, &session, &token).await;
+
+    let (mut allowed, mut approve, mut direct, mut baseline, mut overhead) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    eprintln!("latency: {n} interleaved iterations (+1 warm-up)");
+    for i in 0..=n {
+        // Allowed call: POST returns the finished call.
+        let t = Instant::now();
+        let r = api
+            .propose_ok(&token, &session, "read_file", json!({"path": "bench.txt"}))
+            .await;
+        let d_allowed = t.elapsed();
+        assert_eq!(r["status"], "succeeded", "{r}");
+
+        // Approval path: propose, let the container start while "the user reads", approve.
+        let c = api
+            .propose_ok(
+                &token,
+                &session,
+                "write_file",
+                json!({"path": format!("out-{i}.txt"), "content": "x\n"}),
+            )
+            .await;
+        let id = c["id"].as_str().unwrap().to_string();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let t = Instant::now();
+        api.decide(
+            &token,
+            &id,
+            "approve",
+            c["args_sha256"].as_str().unwrap(),
+            None,
+        )
+        .await
+        .expect(200);
+        let fin = wait_finished(&mut ws, &id).await;
+        let d_approve = t.elapsed();
+        assert_eq!(fin["data"]["status"], "succeeded", "{fin}");
+
+        // Direct sandbox call (no server) for the overhead.
+        let t = Instant::now();
+        let mut h = sandbox
+            .run(&profile, &fx.alice.workspace.spec(&req.call, false), &req)
+            .await
+            .expect("run");
+        let mut d_direct = None;
+        while let Some(ev) = h.next().await {
+            if matches!(ev, SandboxEvent::Executor(Event::Result { .. })) {
+                d_direct = Some(t.elapsed());
+            }
+        }
+        let d_direct = d_direct.expect("direct result");
+
+        let d_base = docker_run(&args, &req_line).await;
+        if i == 0 {
+            continue; // warm-up
+        }
+        allowed.push(d_allowed);
+        approve.push(d_approve);
+        direct.push(d_direct);
+        baseline.push(d_base);
+        overhead.push(d_allowed.saturating_sub(d_direct));
+        eprint!("\r{i}/{n}");
+    }
+    eprintln!();
+    let base = percentile(&baseline, 0.5);
+    println!("\n== latency (n = {n}, read_file / write_file of a small file, runc) ==");
+    line("docker run --rm (baseline)", &baseline, base);
+    line("approve -> result (prepared)", &approve, base);
+    line("allowed call via HTTP (cold)", &allowed, base);
+    line("direct sandbox call (cold)", &direct, base);
+    println!(
+        "{:<34} p50 {:>8.1} ms   p99 {:>8.1} ms",
+        "orchestrator overhead per call",
+        ms(percentile(&overhead, 0.5)),
+        ms(percentile(&overhead, 0.99))
+    );
+
+    // Throughput: 8 sessions calling as fast as they can, then 8 docker run loops.
+    eprintln!("throughput: {secs} s per side");
+    let window = Duration::from_secs(secs);
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let api = api.clone();
+        let token = token.clone();
+        tasks.push(tokio::spawn(async move {
+            let s = api.session(&token).await;
+            let end = Instant::now() + window;
+            let mut done = 0u64;
+            while Instant::now() < end {
+                let r = api
+                    .propose_ok(&token, &s, "read_file", json!({"path": "bench.txt"}))
+                    .await;
+                assert_eq!(r["status"], "succeeded", "{r}");
+                done += 1;
+            }
+            done
+        }));
+    }
+    let t = Instant::now();
+    let mut airlock_calls = 0;
+    for task in tasks {
+        airlock_calls += task.await.unwrap();
+    }
+    let airlock_rate = airlock_calls as f64 / t.elapsed().as_secs_f64();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let args = args.clone();
+        let line = req_line.clone();
+        tasks.push(tokio::spawn(async move {
+            let end = Instant::now() + window;
+            let mut done = 0u64;
+            while Instant::now() < end {
+                docker_run(&args, &line).await;
+                done += 1;
+            }
+            done
+        }));
+    }
+    let t = Instant::now();
+    let mut docker_calls = 0;
+    for task in tasks {
+        docker_calls += task.await.unwrap();
+    }
+    let docker_rate = docker_calls as f64 / t.elapsed().as_secs_f64();
+    println!("\n== throughput, 8 concurrent sessions ==");
+    println!("airlock       {airlock_rate:>7.2} calls/s ({airlock_calls} calls)");
+    println!("docker run    {docker_rate:>7.2} calls/s ({docker_calls} calls)");
+    println!("ratio         {:>7.3}", airlock_rate / docker_rate);
+
+    // Memory: 200 idle WebSocket sessions.
+    let pid = server.pid();
+    let before = rss_kib(pid);
+    let mut sockets = Vec::new();
+    for _ in 0..200 {
+        let s = api.session(&token).await;
+        sockets.push(ws_connect(&base_ws, &s, &token).await);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_kib(pid);
+    println!("\n== memory ==");
+    println!(
+        "server RSS: {:.1} MiB idle, {:.1} MiB with 200 idle WebSocket sessions ({:.1} KiB each)",
+        before as f64 / 1024.0,
+        after as f64 / 1024.0,
+        after.saturating_sub(before) as f64 / 200.0
+    );
+    for mut s in sockets {
+        let _ = s.close(None).await;
+    }
+    let _ = ws.close(None).await;
+    sandbox.drain().await;
+}
