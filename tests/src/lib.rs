@@ -4,6 +4,7 @@
 //! Nothing here skips a test when a service is missing: it panics with what is missing and
 //! how to get it.
 
+pub mod llm_mock;
 pub mod redis_server;
 pub mod server;
 use std::os::unix::fs::{chown, symlink};
@@ -71,6 +72,36 @@ pub async fn sandbox() -> TestSandbox {
         sandbox,
         instance,
         _slot: slot,
+    }
+}
+
+/// A test that panics never reaches `finish()`, and its runtime (which owns the removal tasks)
+/// dies with it: remove its containers here so a failing test leaves nothing behind.
+impl Drop for TestSandbox {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            remove_labelled(&self.instance);
+        }
+    }
+}
+
+/// Force-removes every container of `instance` through the docker CLI (no runtime needed).
+pub fn remove_labelled(instance: &str) {
+    let filter = format!("label={LABEL_INSTANCE}={instance}");
+    if let Ok(out) = std::process::Command::new("docker")
+        .args(["ps", "-aq", "--filter", &filter])
+        .output()
+    {
+        let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        if !ids.is_empty() {
+            let _ = std::process::Command::new("docker")
+                .args(["rm", "-f"])
+                .args(&ids)
+                .output();
+        }
     }
 }
 

@@ -16,13 +16,13 @@ const MIB: u64 = 1024 * 1024;
 
 /// A tight profile: small everything, short deadline. Under gVisor the pids limit also counts
 /// the sandbox kernel's own threads (see `runsc_small_pids_limit_is_refused_or_works`), so it
-/// gets the default there.
+/// gets the smallest limit runsc accepts.
 fn tight(ws: &Workspace, runtime: Runtime) -> Profile {
     Profile {
         memory_bytes: 64 * MIB,
         pids: match runtime {
             Runtime::Runc => 48,
-            Runtime::Runsc => Profile::default().pids,
+            Runtime::Runsc => airlock::sandbox::profile::RUNSC_MIN_PIDS,
         },
         timeout_secs: 20,
         output_bytes: 256 * 1024,
@@ -308,6 +308,38 @@ async fn output_flood_is_capped_and_killed() {
         );
         assert!(took < Duration::from_secs(30), "{command}: took {took:?}");
     }
+    ts.finish().await;
+}
+
+/// A caller that stops reading (a stalled client) holds no container past its deadline: the
+/// deadline still kills it promptly, and the caller's memory stays bounded by the event channel.
+#[tokio::test]
+async fn stalled_reader_does_not_delay_the_deadline() {
+    let ts = sandbox().await;
+    let ws = Workspace::new();
+    let profile = Profile {
+        output_bytes: 1 << 30,
+        timeout_secs: 3,
+        ..tight(&ws, Runtime::Runc)
+    };
+    let req = request("run_shell", json!({ "command": "yes" }), Mode::Preview);
+    let spec = ws.spec(&req.call, false);
+    let h = ts.sandbox.run(&profile, &spec, &req).await.expect("start");
+    // Read nothing until well past the deadline.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let started = Instant::now();
+    let (events, outcome) = h.collect().await;
+    let took = started.elapsed();
+    assert!(outcome.timed_out, "{outcome:#?}");
+    assert!(!outcome.output_truncated, "{outcome:#?}");
+    assert!(took < Duration::from_secs(30), "collecting took {took:?}");
+    let c = Called { events, outcome };
+    assert!(!has_final_event(&c));
+    let data = output_data_bytes(&c);
+    assert!(
+        data < 8 * MIB as usize,
+        "{data} bytes buffered for a caller that read nothing"
+    );
     ts.finish().await;
 }
 
