@@ -19,6 +19,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use crate::agent::{Agent, AgentError};
 use crate::engine::{Engine, EngineError};
 use crate::policy::{Role, User};
 use crate::store::{CallRecord, StoreError, StoredEvent};
@@ -31,6 +32,8 @@ pub const WS_TOKEN_PREFIX: &str = "airlock.token.";
 #[derive(Clone)]
 pub struct AppState {
     pub engine: Arc<Engine>,
+    /// The LLM loop (turns started by `POST /v1/sessions/{id}/messages` or the WebSocket).
+    pub agent: Arc<Agent>,
     pub allowed_origins: Arc<Vec<String>>,
     /// Cancelled at shutdown so long-lived event streams end and the server can stop.
     pub shutdown: tokio_util::sync::CancellationToken,
@@ -89,7 +92,13 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/sessions", post(create_session).get(list_sessions))
         .route("/v1/sessions/{id}", get(get_session).delete(delete_session))
         .route("/v1/sessions/{id}/tool-calls", post(propose))
+        .route(
+            "/v1/sessions/{id}/messages",
+            post(send_message).get(get_messages),
+        )
+        .route("/v1/sessions/{id}/cancel", post(cancel_turn))
         .route("/v1/sessions/{id}/events", get(events))
+        .route("/v1/sessions/{id}/grants", post(add_grant).get(list_grants))
         .route("/v1/tool-calls/{id}", get(get_call))
         .route("/v1/tool-calls/{id}/decision", post(decide))
         .route("/v1/tool-calls/{id}/cancel", post(cancel))
@@ -187,6 +196,25 @@ impl From<EngineError> for AppError {
                     "internal error",
                 )
             }
+        }
+    }
+}
+
+impl From<AgentError> for AppError {
+    fn from(e: AgentError) -> AppError {
+        match e {
+            AgentError::Unavailable(m) => AppError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "agent_unavailable",
+                format!("the agent is not available: {m}"),
+            ),
+            e @ AgentError::TurnRunning(_) => {
+                AppError::new(StatusCode::CONFLICT, "turn_in_progress", e.to_string())
+            }
+            AgentError::BadRequest(m) => {
+                AppError::new(StatusCode::BAD_REQUEST, "invalid_request", m)
+            }
+            AgentError::Engine(e) => e.into(),
         }
     }
 }
@@ -374,7 +402,92 @@ async fn delete_session(
     Path(id): Path<String>,
 ) -> Result<StatusCode, AppError> {
     st.engine.delete_session(&user, &id).await?;
+    st.agent.cancel_local(&id);
     Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- the agent ------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MessageBody {
+    content: String,
+}
+
+/// `POST /v1/sessions/{id}/messages {content}`: starts a turn (202), or 409 while one runs.
+async fn send_message(
+    State(st): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(id): Path<String>,
+    body: Result<Json<MessageBody>, JsonRejection>,
+) -> Result<Response, AppError> {
+    let Json(body) = body?;
+    let turn_id = st.agent.start_turn(&user, &id, &body.content).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"session_id": id, "turn_id": turn_id, "status": "running"})),
+    )
+        .into_response())
+}
+
+/// `GET /v1/sessions/{id}/messages`: the stored conversation and the running turn, if any.
+async fn get_messages(
+    State(st): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, AppError> {
+    let entries = st.agent.history(&user, &id).await?;
+    let turn = st.agent.current_turn(&id).await?;
+    Ok(Json(
+        json!({"session_id": id, "turn_id": turn, "entries": entries}),
+    ))
+}
+
+/// `POST /v1/sessions/{id}/cancel`: cancels the running turn (idempotent).
+async fn cancel_turn(
+    State(st): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, AppError> {
+    let turn = st.agent.cancel_turn(&user, &id).await?;
+    Ok(Json(
+        json!({"session_id": id, "turn_id": turn, "cancelled": turn.is_some()}),
+    ))
+}
+
+/// A client's WebSocket message: `{"type": "message", "content": "…"}` or `{"type": "cancel"}`.
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+enum ClientMessage {
+    Message { content: String },
+    Cancel {},
+}
+
+/// Handles one client WebSocket message; an error goes back as `{"type": "error", "data"}`.
+async fn ws_client_message(
+    agent: &Arc<Agent>,
+    user: &User,
+    session: &str,
+    text: &str,
+) -> Option<Value> {
+    let msg: ClientMessage = match serde_json::from_str(text) {
+        Ok(m) => m,
+        Err(e) => {
+            return Some(json!({"code": "invalid_request", "message": format!(
+                "expected {{\"type\": \"message\", \"content\": \"…\"}} or {{\"type\": \"cancel\"}}: {e}"
+            )}))
+        }
+    };
+    let r = match msg {
+        ClientMessage::Message { content } => {
+            agent.start_turn(user, session, &content).await.map(|_| ())
+        }
+        ClientMessage::Cancel {} => agent.cancel_turn(user, session).await.map(|_| ()),
+    };
+    r.err().map(|e| {
+        let e = AppError::from(e);
+        json!({"code": e.code, "message": e.message})
+    })
 }
 
 // ---- tool calls -----------------------------------------------------------------------------
@@ -496,6 +609,43 @@ async fn decide(
     Ok(Json(call_json(&rec)))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GrantBody {
+    tool: String,
+    pattern: String,
+}
+
+/// `POST /v1/sessions/{id}/grants`: approve a tool + pattern for the rest of the session.
+async fn add_grant(
+    State(st): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(id): Path<String>,
+    body: Result<Json<GrantBody>, JsonRejection>,
+) -> Result<Response, AppError> {
+    let Json(body) = body?;
+    if body.pattern.len() > 1000 {
+        return Err(AppError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "pattern is longer than 1000 bytes",
+        ));
+    }
+    let g = st
+        .engine
+        .add_grant(&user, &id, &body.tool, &body.pattern)
+        .await?;
+    Ok((StatusCode::CREATED, Json(g)).into_response())
+}
+
+async fn list_grants(
+    State(st): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, AppError> {
+    Ok(Json(st.engine.list_grants(&user, &id).await?))
+}
+
 async fn cancel(
     State(st): State<AppState>,
     AuthUser(user): AuthUser,
@@ -552,10 +702,14 @@ async fn events(
                 AppError::new(StatusCode::BAD_REQUEST, "invalid_request", e.body_text())
             })?;
         let engine = st.engine.clone();
+        let agent = st.agent.clone();
         let stop = st.shutdown.clone();
         return Ok(ws
             .protocols([WS_PROTOCOL])
-            .on_upgrade(move |socket| ws_events(socket, engine, id, after, stop, slot)));
+            .max_message_size(st.engine.limits().max_body_bytes)
+            .on_upgrade(move |socket| {
+                ws_events(socket, engine, (agent, user), id, after, stop, slot)
+            }));
     }
     let engine = st.engine.clone();
     let stop = st.shutdown.clone();
@@ -597,6 +751,7 @@ async fn events(
 async fn ws_events(
     socket: WebSocket,
     engine: Arc<Engine>,
+    (agent, user): (Arc<Agent>, User),
     session: String,
     mut after: Option<String>,
     stop: tokio_util::sync::CancellationToken,
@@ -611,7 +766,15 @@ async fn ws_events(
             }
             msg = rx.next() => match msg {
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
-                Some(Ok(_)) => {} // client messages arrive with the agent (#4)
+                Some(Ok(Message::Text(t))) => {
+                    if let Some(err) = ws_client_message(&agent, &user, &session, &t).await {
+                        let m = json!({"type": "error", "data": err}).to_string();
+                        if tx.send(Message::Text(m.into())).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Some(Ok(_)) => {} // pings are answered by axum; binary frames are ignored
             },
             evs = engine.store.wait_events(&session, after.as_deref(), 100, Duration::from_secs(10)) => {
                 match evs {

@@ -117,7 +117,7 @@ impl std::fmt::Display for CallStatus {
 }
 
 /// What the policy said about a proposed call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Decision {
     Deny,

@@ -39,6 +39,8 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
     /// Name of this orchestrator instance: labels its containers so only its own are reaped.
     pub instance: String,
+    /// Log lines as `text` or `json` (one object per line). `--log-format` overrides it.
+    pub log_format: crate::logging::LogFormat,
     pub redis: RedisConfig,
     pub docker: DockerConfig,
     pub limits: LimitsConfig,
@@ -56,6 +58,7 @@ impl Default for Config {
                 "http://localhost:8420".into(),
             ],
             instance: "default".into(),
+            log_format: crate::logging::LogFormat::Text,
             redis: RedisConfig::default(),
             docker: DockerConfig::default(),
             limits: LimitsConfig::default(),
@@ -69,7 +72,12 @@ impl Default for Config {
 pub struct RedisConfig {
     /// `redis://[user:password@]host:port/db`, `rediss://…` (TLS) or `unix:///path`.
     /// The env var `AIRLOCK_REDIS_URL` overrides it (keep passwords out of the file).
+    /// Neither set: `airlock serve` starts its own `redis-server` (unix socket and AOF in
+    /// `data_dir/redis`, no TCP port).
     pub url: Option<String>,
+    /// A file whose first line is the Redis password (e.g. a Docker secret), used with `url`
+    /// (`redis://airlock@redis:6379/0` + this file). Relative to the config file.
+    pub password_file: Option<PathBuf>,
     /// Prefix of every key Airlock writes.
     pub prefix: String,
 }
@@ -78,9 +86,72 @@ impl Default for RedisConfig {
     fn default() -> Self {
         RedisConfig {
             url: None,
+            password_file: None,
             prefix: "airlock:".into(),
         }
     }
+}
+
+impl RedisConfig {
+    /// The URL to connect with: `url` with the password from `password_file` put in (as the
+    /// URL's password for `redis://` and `rediss://`, as `?pass=` for `unix://`).
+    pub fn effective_url(&self) -> Result<Option<String>, String> {
+        let Some(url) = &self.url else {
+            return Ok(None);
+        };
+        let Some(file) = &self.password_file else {
+            return Ok(Some(url.clone()));
+        };
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| format!("redis.password_file: cannot read {}: {e}", file.display()))?;
+        let pw = text.lines().next().unwrap_or_default().trim();
+        if pw.is_empty() {
+            return Err(format!("redis.password_file: {} is empty", file.display()));
+        }
+        with_password(url, pw).map(Some)
+    }
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Puts `password` into a Redis URL that has none.
+fn with_password(url: &str, password: &str) -> Result<String, String> {
+    let pw = percent_encode(password);
+    if let Some(rest) = url.strip_prefix("unix://") {
+        if rest.contains("pass=") {
+            return Err("redis.url already has a password; drop it or redis.password_file".into());
+        }
+        let sep = if rest.contains('?') { '&' } else { '?' };
+        return Ok(format!("{url}{sep}pass={pw}"));
+    }
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| "redis.url has no scheme".to_string())?;
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let (user, host) = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            if userinfo.contains(':') {
+                return Err(
+                    "redis.url already has a password; drop it or redis.password_file".into(),
+                );
+            }
+            (userinfo, host)
+        }
+        None => ("", authority),
+    };
+    Ok(format!("{scheme}://{user}:{pw}@{host}{tail}"))
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -140,18 +211,42 @@ impl Default for LimitsConfig {
     }
 }
 
+/// The agent's model: an OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, llama.cpp's
+/// server, Ollama, …). Without `base_url` the agent routes answer 503.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LlmConfig {
-    /// OpenAI-compatible base URL, e.g. `http://127.0.0.1:8000/v1`.
+    /// OpenAI-compatible base URL, e.g. `http://127.0.0.1:8000/v1` (requests go to
+    /// `{base_url}/chat/completions`).
     pub base_url: Option<String>,
     pub model: Option<String>,
     /// Environment variable holding the API key (never the key itself in this file).
     pub api_key_env: Option<String>,
-    /// File holding the API key.
+    /// File holding the API key (the first line; whitespace trimmed).
     pub api_key_file: Option<PathBuf>,
+    /// Longest wait for the provider's response headers and between two chunks of its stream.
     pub timeout_secs: u64,
+    /// Longest wait for a TCP/TLS connection to the provider.
+    pub connect_timeout_secs: u64,
+    /// Longest one model request may take in all.
+    pub request_timeout_secs: u64,
+    /// Model requests (steps) per turn; the turn stops with `max_steps` after that many.
     pub max_steps: u32,
+    /// Retries of a failed model request (only before any of its output was streamed).
+    pub max_retries: u32,
+    /// First retry delay; doubled on each further retry (plus jitter).
+    pub retry_base_ms: u64,
+    /// A 429's `Retry-After` longer than this is reported instead of waited for.
+    pub max_retry_after_secs: u64,
+    /// Ask for token usage in the stream (`stream_options.include_usage`); turn off for a
+    /// server that refuses the field.
+    pub stream_usage: bool,
+    pub max_tokens: Option<u32>,
+    pub temperature: Option<f64>,
+    /// Largest tool result (bytes of text) given back to the model; the rest is cut.
+    pub max_tool_result_bytes: usize,
+    /// Largest conversation (bytes of JSON) sent to the model; older turns are left out.
+    pub max_history_bytes: usize,
 }
 
 impl Default for LlmConfig {
@@ -162,7 +257,17 @@ impl Default for LlmConfig {
             api_key_env: None,
             api_key_file: None,
             timeout_secs: 120,
+            connect_timeout_secs: 10,
+            request_timeout_secs: 600,
             max_steps: 20,
+            max_retries: 3,
+            retry_base_ms: 500,
+            max_retry_after_secs: 60,
+            stream_usage: true,
+            max_tokens: None,
+            temperature: None,
+            max_tool_result_bytes: 32 * 1024,
+            max_history_bytes: 512 * 1024,
         }
     }
 }
@@ -211,6 +316,24 @@ impl Config {
                 cfg.policy = dir.join(&cfg.policy);
             }
         }
+        // So is the LLM API key file.
+        if let (Some(f), Some(dir)) = (&cfg.llm.api_key_file, path.parent()) {
+            if f.is_relative() {
+                cfg.llm.api_key_file = Some(dir.join(f));
+            }
+        }
+        // And the data dir and the Redis password file.
+        if let Some(dir) = path.parent() {
+            if cfg.data_dir.is_relative() {
+                // `components()` drops `.` parts: "DIR/." is shown as "DIR".
+                cfg.data_dir = dir.join(&cfg.data_dir).components().collect();
+            }
+            if let Some(f) = &cfg.redis.password_file {
+                if f.is_relative() {
+                    cfg.redis.password_file = Some(dir.join(f));
+                }
+            }
+        }
         Ok(cfg)
     }
 
@@ -238,6 +361,9 @@ impl Config {
                 return bad("redis.url must start with redis://, rediss:// or unix://".into());
             }
         }
+        if self.redis.password_file.is_some() && self.redis.url.is_none() {
+            return bad("redis.password_file needs redis.url (the embedded Redis has no password: only its unix socket's owner can reach it)".into());
+        }
         if self.redis.prefix.is_empty() {
             return bad("redis.prefix must not be empty".into());
         }
@@ -257,6 +383,27 @@ impl Config {
         }
         if l.max_args_bytes > l.max_body_bytes {
             return bad("limits.max_args_bytes cannot exceed limits.max_body_bytes".into());
+        }
+        let m = &self.llm;
+        if let Some(url) = &m.base_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return bad("llm.base_url must start with http:// or https://".into());
+            }
+            if m.model.as_deref().is_none_or(str::is_empty) {
+                return bad("llm.model is required when llm.base_url is set".into());
+            }
+        }
+        if m.api_key_env.is_some() && m.api_key_file.is_some() {
+            return bad("set llm.api_key_env or llm.api_key_file, not both".into());
+        }
+        if m.max_steps == 0 || m.timeout_secs == 0 || m.request_timeout_secs == 0 {
+            return bad(
+                "llm.max_steps, llm.timeout_secs and llm.request_timeout_secs must be at least 1"
+                    .into(),
+            );
+        }
+        if m.max_tool_result_bytes < 1024 || m.max_history_bytes < 16 * 1024 {
+            return bad("llm.max_tool_result_bytes must be at least 1024 and llm.max_history_bytes at least 16384".into());
         }
         if self.instance.is_empty()
             || !self
@@ -309,6 +456,56 @@ mod tests {
         let d = Config::default();
         assert_eq!(c.limits, d.limits);
         assert_eq!(c.listen, d.listen);
+        assert_eq!(c.llm, d.llm);
+    }
+
+    #[test]
+    fn llm_settings_are_checked() {
+        let mut c = Config::default();
+        c.llm.base_url = Some("ftp://x".into());
+        c.llm.model = Some("m".into());
+        assert!(c.validate("x").is_err());
+        c.llm.base_url = Some("http://127.0.0.1:8000/v1".into());
+        c.validate("x").unwrap();
+        c.llm.model = None;
+        assert!(c.validate("x").is_err(), "a model is required");
+        c.llm.model = Some("m".into());
+        c.llm.api_key_env = Some("K".into());
+        c.llm.api_key_file = Some("k".into());
+        assert!(c.validate("x").is_err(), "one key source only");
+        let err = parse_toml::<Config>("c.toml", "[llm]\napi_key = \"sk-secret\"\n").unwrap_err();
+        assert!(err.to_string().contains("api_key"), "{err}");
+    }
+
+    #[test]
+    fn password_file_goes_into_the_url() {
+        assert_eq!(
+            with_password("redis://airlock@redis:6379/0", "p@ss/w:rd").unwrap(),
+            "redis://airlock:p%40ss%2Fw%3Ard@redis:6379/0"
+        );
+        assert_eq!(with_password("rediss://h", "x").unwrap(), "rediss://:x@h");
+        assert_eq!(
+            with_password("unix:///run/r.sock", "x y").unwrap(),
+            "unix:///run/r.sock?pass=x%20y"
+        );
+        assert!(with_password("redis://u:old@h", "x").is_err());
+        let dir = std::env::temp_dir().join(format!("airlock-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("pw"), "s3cret\n").unwrap();
+        std::fs::write(
+            dir.join("c.toml"),
+            "data_dir = \"data\"\n[redis]\nurl = \"redis://airlock@127.0.0.1:1\"\npassword_file = \"pw\"\n",
+        )
+        .unwrap();
+        let c = Config::load(&dir.join("c.toml")).unwrap();
+        assert_eq!(c.data_dir, dir.join("data"));
+        if std::env::var("AIRLOCK_REDIS_URL").is_err() {
+            assert_eq!(
+                c.redis.effective_url().unwrap().unwrap(),
+                "redis://airlock:s3cret@127.0.0.1:1"
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

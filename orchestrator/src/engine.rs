@@ -16,7 +16,8 @@ use tokio_util::task::TaskTracker;
 use crate::calls::{finished_status, CallStatus, Decision};
 use crate::config::LimitsConfig;
 use crate::metrics::Metrics;
-use crate::policy::{Policy, User};
+use crate::policy::{Grant, Policy, User};
+use crate::quota::{CallSlot, Quotas, SessionGrants};
 use crate::sandbox::{CallSpec, Prepared, Sandbox, SandboxError, SandboxEvent};
 use crate::store::{
     AuditEntry, CallRecord, DecisionResult, SessionRecord, Store, StoreError, StoredEvent,
@@ -73,6 +74,12 @@ pub struct Engine {
     running: Mutex<HashMap<String, CancellationToken>>,
     global: Arc<Semaphore>,
     per_user: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// The policy's per-user limits on concurrent calls and calls per minute.
+    quotas: Quotas,
+    /// Patterns users approved for the rest of a session.
+    grants: SessionGrants,
+    /// Why the last policy reload was rejected (None after a good one).
+    policy_error: Mutex<Option<String>>,
     pub metrics: Metrics,
     tasks: TaskTracker,
     /// Cancelled at shutdown: ends background watchers.
@@ -95,6 +102,9 @@ impl Engine {
             prepared: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
             per_user: Mutex::new(HashMap::new()),
+            quotas: Quotas::default(),
+            grants: SessionGrants::default(),
+            policy_error: Mutex::new(None),
             metrics: Metrics::default(),
             tasks: TaskTracker::new(),
             stop: CancellationToken::new(),
@@ -105,8 +115,22 @@ impl Engine {
         self.policy.read().expect("policy lock").clone()
     }
 
+    /// Puts a new policy in force (see `server::reload_policy`). Calls awaiting approval are
+    /// evaluated again under it when approved; prepared containers whose profile it changes
+    /// are replaced before they run anything.
     pub fn set_policy(&self, p: Policy) {
         *self.policy.write().expect("policy lock") = Arc::new(p);
+        *self.policy_error.lock().expect("policy error lock") = None;
+    }
+
+    /// Records why a new version of the policy file was rejected (the old one stays).
+    pub fn set_policy_error(&self, e: String) {
+        *self.policy_error.lock().expect("policy error lock") = Some(e);
+    }
+
+    /// Why the last reload of the policy file was rejected, if it was.
+    pub fn policy_error(&self) -> Option<String> {
+        self.policy_error.lock().expect("policy error lock").clone()
     }
 
     /// After a restart: calls that were running are failed, leftover containers removed.
@@ -176,7 +200,14 @@ impl Engine {
 
     pub async fn delete_session(&self, user: &User, id: &str) -> Result<(), EngineError> {
         self.owned_session(user, id).await?;
-        Ok(self.store.delete_session(id).await?)
+        self.store.delete_session(id).await?;
+        self.grants.clear(id);
+        // The agent's conversation and turn lock go with it (after the session, so a turn still
+        // running cannot write them back).
+        if let Err(e) = self.store.delete_agent_state(id).await {
+            tracing::warn!(session = %id, error = %e, "could not delete the session's agent history");
+        }
+        Ok(())
     }
 
     pub async fn history(
@@ -198,6 +229,53 @@ impl Engine {
         }
     }
 
+    // ---- session grants ---------------------------------------------------------------------
+
+    /// Approves `tool` + `pattern` (a path glob, or a command pattern for run_shell) for the
+    /// rest of session `session_id`: later calls the policy would ask about and that match it
+    /// run without asking. Refused unless the user's policy allows session grants; a grant
+    /// never lifts a deny or an ask whose rule forbids grants, and it stops working as soon
+    /// as a new policy forbids grants. Kept in this orchestrator's memory (a restart forgets
+    /// it: the user is asked again).
+    pub async fn add_grant(
+        &self,
+        user: &User,
+        session_id: &str,
+        tool: &str,
+        pattern: &str,
+    ) -> Result<Value, EngineError> {
+        self.owned_session(user, session_id).await?;
+        if !self.policy().session_grants_allowed(user) {
+            return Err(EngineError::Forbidden(
+                "your policy does not allow approving calls for the rest of a session".into(),
+            ));
+        }
+        let g = Grant::new(tool, pattern).map_err(EngineError::BadRequest)?;
+        let shown = json!({"tool": g.tool.as_str(), "pattern": g.pattern});
+        self.grants
+            .add(session_id, g)
+            .map_err(EngineError::Conflict)?;
+        self.store
+            .append_event(session_id, "session_grant", &shown)
+            .await?;
+        Ok(shown)
+    }
+
+    /// The session's grants.
+    pub async fn list_grants(&self, user: &User, session_id: &str) -> Result<Value, EngineError> {
+        self.owned_session(user, session_id).await?;
+        let list: Vec<Value> = self
+            .grants
+            .get(session_id)
+            .iter()
+            .map(|g| json!({"tool": g.tool.as_str(), "pattern": g.pattern}))
+            .collect();
+        Ok(json!({
+            "grants": list,
+            "allowed": self.policy().session_grants_allowed(user),
+        }))
+    }
+
     // ---- proposing --------------------------------------------------------------------------
 
     /// Proposes a call: validates it, asks the policy, computes the preview of a change, and
@@ -208,6 +286,20 @@ impl Engine {
         session_id: &str,
         tool: &str,
         args: Value,
+    ) -> Result<CallRecord, EngineError> {
+        self.propose_waiting(user, session_id, tool, args, Duration::from_secs(10))
+            .await
+    }
+
+    /// [`Engine::propose`], waiting at most `wait` for a call the policy allows to finish (the
+    /// API waits 10 s; the agent follows the call's events itself and passes zero).
+    pub async fn propose_waiting(
+        self: &Arc<Self>,
+        user: &User,
+        session_id: &str,
+        tool: &str,
+        args: Value,
+        wait: Duration,
     ) -> Result<CallRecord, EngineError> {
         self.owned_session(user, session_id).await?;
         let size = serde_json::to_vec(&args)
@@ -221,7 +313,20 @@ impl Engine {
         }
         let call = ToolCall::from_parts(tool, args.clone()).map_err(EngineError::BadRequest)?;
         let policy = self.policy();
-        let verdict = policy.evaluate(user, &call);
+        let (concurrent, per_minute) = policy.call_limits(user);
+        self.quotas
+            .check_rate(&user.name, per_minute, Instant::now())
+            .map_err(EngineError::Busy)?;
+        let verdict = policy.evaluate_with_grants(user, &call, &self.grants.get(session_id));
+        // A call that runs at once needs a place among the user's concurrent calls now.
+        let slot = match verdict.decision {
+            Decision::Allow => Some(
+                self.quotas
+                    .reserve(&user.name, concurrent)
+                    .map_err(EngineError::Busy)?,
+            ),
+            _ => None,
+        };
         let id = uuid::Uuid::new_v4().to_string();
         let now = now_ms();
         let mut rec = CallRecord {
@@ -279,9 +384,7 @@ impl Engine {
         }
         if verdict.decision == Decision::Ask {
             let ttl = policy
-                .file
-                .defaults
-                .approval_ttl_secs
+                .approval_ttl_secs(user)
                 .unwrap_or(self.limits.approval_ttl_secs);
             rec.expires_at_ms = Some(now + ttl * 1000);
             self.store
@@ -311,8 +414,13 @@ impl Engine {
         }
         let this = self.clone();
         let (u, r) = (user.clone(), rec.clone());
-        let done = self.tasks.spawn(async move { this.execute(u, r).await });
-        let _ = tokio::time::timeout(Duration::from_secs(10), done).await;
+        let slot = slot.expect("an allowed call has a slot");
+        let done = self
+            .tasks
+            .spawn(async move { this.execute(u, r, slot).await });
+        if !wait.is_zero() {
+            let _ = tokio::time::timeout(wait, done).await;
+        }
         Ok(self.store.get_call(&id).await?.unwrap_or(rec))
     }
 
@@ -327,7 +435,7 @@ impl Engine {
     ) -> Result<Result<Value, Value>, EngineError> {
         let req = Request {
             mode: Mode::Preview,
-            protected: policy.file.protected.clone(),
+            protected: policy.protected_for(user),
             ..Request::new(call.clone())
         };
         let spec = self.spec(user, rec, false);
@@ -397,6 +505,18 @@ impl Engine {
         reason: Option<&str>,
     ) -> Result<CallRecord, EngineError> {
         let now = now_ms();
+        // Approving starts the call: it needs a place among the user's concurrent calls
+        // first, or the approval is refused (429) and the call stays pending.
+        let slot = if approve {
+            let (concurrent, _) = self.policy().call_limits(user);
+            Some(
+                self.quotas
+                    .reserve(&user.name, concurrent)
+                    .map_err(EngineError::Busy)?,
+            )
+        } else {
+            None
+        };
         let res = match self
             .store
             .decide(call_id, &user.name, args_sha256, approve, reason, now)
@@ -434,29 +554,42 @@ impl Engine {
                 Ok(rec)
             }
             DecisionResult::Approved { call: rec, .. } => {
-                // Policy may have changed while the call waited: re-check before running.
+                // The policy may have changed while the call waited: evaluate it again under
+                // the policy in force now, before anything runs. From here on the audit
+                // records that policy's hash.
                 let policy = self.policy();
                 let call = ToolCall::from_parts(&rec.tool, rec.args.clone())
                     .map_err(EngineError::BadRequest)?;
-                if policy.evaluate(user, &call).decision == Decision::Deny {
+                let verdict =
+                    policy.evaluate_with_grants(user, &call, &self.grants.get(&rec.session_id));
+                let mut audited = rec.clone();
+                audited.policy_sha256 = policy.sha256.clone();
+                if verdict.decision == Decision::Deny {
                     self.discard_prepared(call_id);
-                    let audit = self.audit(&rec, "policy", "failed", "denied by the current policy");
+                    let error = json!({
+                        "code": "policy_changed",
+                        "message": format!("the policy in force now denies this call (rule `{}`)", verdict.rule),
+                    });
+                    let audit =
+                        self.audit(&audited, "policy", "failed", "denied by the current policy");
                     let (rec, _) = self
                         .store
                         .transition(
                             call_id,
                             CallStatus::Failed,
-                            &[("error", json!({"code": "policy_changed", "message": "the policy in force now denies this call"}).to_string())],
-                            Some(("call_finished", json!({"call_id": call_id, "status": "failed", "error": {"code": "policy_changed", "message": "the policy in force now denies this call"}}))),
+                            &[("error", error.to_string())],
+                            Some(("call_finished", json!({"call_id": call_id, "status": "failed", "error": error}))),
                             Some(&audit),
                         )
                         .await?;
+                    self.metrics.count_call(&rec.tool, "denied");
                     return Ok(rec);
                 }
                 let this = self.clone();
                 let u = user.clone();
-                let r = rec.clone();
-                self.tasks.spawn(async move { this.execute(u, r).await });
+                let slot = slot.expect("an approval reserved a slot");
+                self.tasks
+                    .spawn(async move { this.execute(u, audited, slot).await });
                 Ok(rec)
             }
         }
@@ -602,7 +735,9 @@ impl Engine {
     }
 
     /// Runs an approved call to the end, streaming its output into the session's events.
-    async fn execute(self: Arc<Self>, user: User, rec: CallRecord) {
+    async fn execute(self: Arc<Self>, user: User, rec: CallRecord, slot: CallSlot) {
+        // The user's place among their concurrent calls is held until the call is done.
+        let _slot = slot;
         let id = rec.id.clone();
         if let Err(e) = self.execute_inner(&user, &rec).await {
             tracing::warn!(call = %id, error = %e, "call failed before it could finish");
@@ -651,7 +786,7 @@ impl Engine {
                 Mode::Preview
             },
             expected_sha256: rec.expected_sha256.clone(),
-            protected: policy.file.protected.clone(),
+            protected: policy.protected_for(user),
             ..Request::new(call.clone())
         };
         let prepared = self.prepared.lock().expect("prepared lock").remove(&rec.id);
@@ -662,13 +797,17 @@ impl Engine {
             },
             None => None,
         };
+        // A container prepared under another policy (other limits, runtime, image, uid:gid or
+        // workspace) is replaced: the call runs with what the policy in force says.
+        let profile = policy.profile_for(user);
         let prepared = match prepared {
-            Some(p) => p,
-            None => {
+            Some(p) if *p.profile() == profile && p.workspace() == user.workspace => p,
+            stale => {
+                if let Some(old) = stale {
+                    tokio::spawn(old.discard());
+                }
                 let spec = self.spec(user, rec, call.mutates());
-                self.sandbox
-                    .prepare(&policy.profile_for(user), &spec)
-                    .await?
+                self.sandbox.prepare(&profile, &spec).await?
             }
         };
         let mut handle = prepared.send(&req).await?;

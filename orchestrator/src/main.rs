@@ -25,6 +25,9 @@ struct Cli {
     /// Docker endpoint (unix:///var/run/docker.sock, tcp://HOST:PORT). Default: DOCKER_HOST or the local socket.
     #[arg(long, global = true, env = "AIRLOCK_DOCKER")]
     docker: Option<String>,
+    /// Log format: text or json (one object per line). Default: the config's `log_format`, else text.
+    #[arg(long, global = true, env = "AIRLOCK_LOG_FORMAT", value_enum)]
+    log_format: Option<airlock::logging::LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -32,15 +35,33 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the Airlock server (HTTP API, WebSocket/SSE events) until SIGINT/SIGTERM.
+    ///
+    /// With no Redis URL configured (redis.url, AIRLOCK_REDIS_URL), it starts its own
+    /// redis-server: unix socket and AOF in DATA_DIR/redis, no TCP port, stopped on exit.
     Serve {
         /// The server's TOML config (see docs/OPERATIONS.md). Secrets may come from
-        /// AIRLOCK_REDIS_URL instead of the file.
+        /// AIRLOCK_REDIS_URL instead of the file. Without it: the defaults.
         #[arg(long, short)]
-        config: PathBuf,
+        config: Option<PathBuf>,
+    },
+    /// Check this host and config: Docker engine (version, runtimes, limits really enforced),
+    /// executor image, Redis, policy file, workspaces. Prints ✓/✗ per check with what to fix;
+    /// exits 1 when something is broken.
+    Doctor {
+        /// The server's TOML config. Without it: the defaults.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Host directory for the probe containers' scratch workspace (it must be visible to
+        /// the Docker daemon at the same path). Default: a new directory in TMPDIR.
+        #[arg(long)]
+        probe_dir: Option<PathBuf>,
     },
     /// Administration helpers.
     #[command(subcommand)]
     Admin(AdminCmd),
+    /// Validate admin policy files, explain their decisions, print their JSON Schema.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
     /// Build and inspect the executor image.
     #[command(subcommand)]
     Image(ImageCmd),
@@ -82,6 +103,36 @@ enum AdminCmd {
         #[arg(long)]
         user: String,
     },
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Validate a policy file and run its [[test]] cases. Every problem is printed as
+    /// FILE:LINE:COLUMN: message; exits 1 when there is any.
+    Check {
+        /// The policy file (TOML, see docs/POLICY.md).
+        file: PathBuf,
+    },
+    /// Show the decision a policy reaches for one call, and the rule behind it.
+    ///
+    /// Example: airlock policy explain --policy policies/team.toml --user dana run_shell '{"command":"ls; curl x"}'
+    Explain {
+        /// The policy file.
+        #[arg(long)]
+        policy: PathBuf,
+        /// The user making the call. Default: a user with no groups and no overrides.
+        #[arg(long)]
+        user: Option<String>,
+        /// read_file, list_dir, search, write_file, edit_file or run_shell.
+        tool: String,
+        /// The tool's arguments as JSON, e.g. '{"path":".env"}'.
+        args: String,
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the JSON Schema of policy files (policies/policy.schema.json is this output).
+    Schema,
 }
 
 #[derive(Subcommand)]
@@ -172,14 +223,11 @@ enum BenchCmd {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("AIRLOCK_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
     let cli = Cli::parse();
+    // `serve` sets up logging once its config (which may choose the format) is loaded.
+    if !matches!(cli.command, Command::Serve { .. }) {
+        airlock::logging::init(cli.log_format.unwrap_or_default(), "warn");
+    }
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     match rt.block_on(run(cli)) {
         Ok(code) => code,
@@ -193,10 +241,31 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve { config } => {
-            let mut config = airlock::config::Config::load(&config)?;
+            let mut config = load_config(config.as_deref())?;
+            airlock::logging::init(cli.log_format.unwrap_or(config.log_format), "info");
             if cli.docker.is_some() {
                 config.docker.endpoint = cli.docker;
             }
+            // No Redis URL: our own redis-server, started here on the main thread (so that
+            // PR_SET_PDEATHSIG ties it to this process) and stopped when `_redis` drops, after
+            // the server has drained.
+            let _redis = match &config.redis.url {
+                Some(_) => None,
+                None => {
+                    let r = airlock::embedded_redis::EmbeddedRedis::start(
+                        &config.data_dir,
+                        "redis-server",
+                    )?;
+                    eprintln!(
+                        "airlock: started redis-server (pid {}) on {} with its AOF in {}",
+                        r.pid().unwrap_or_default(),
+                        r.socket().display(),
+                        r.dir().display()
+                    );
+                    config.redis.url = Some(r.url());
+                    Some(r)
+                }
+            };
             let engine = airlock::server::build(&config).await?;
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await
@@ -205,6 +274,42 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             airlock::server::run(config, engine, listener, airlock::server::shutdown_signal())
                 .await?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Doctor { config, probe_dir } => {
+            let loaded = load_config(config.as_deref());
+            let mut report = airlock::doctor::Report::new();
+            let config = match loaded {
+                Ok(mut c) => {
+                    report.ok(
+                        airlock::doctor::CONFIG,
+                        match &config {
+                            Some(p) => format!("{} loads", p.display()),
+                            None => "no --config: the defaults".to_string(),
+                        },
+                    );
+                    if cli.docker.is_some() {
+                        c.docker.endpoint = cli.docker;
+                    }
+                    Some(c)
+                }
+                Err(e) => {
+                    report.fail(
+                        airlock::doctor::CONFIG,
+                        format!("{e:#}"),
+                        "fix the file (every key is in docs/OPERATIONS.md)",
+                    );
+                    None
+                }
+            };
+            if let Some(c) = &config {
+                airlock::doctor::check(&mut report, c, probe_dir.as_deref()).await;
+            }
+            print!("{}", report.render());
+            Ok(if report.failed() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         Command::Admin(AdminCmd::Token { user }) => {
             let token = airlock::auth::new_token();
@@ -217,6 +322,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Policy(cmd) => policy_cmd(cmd),
         Command::Image(ImageCmd::Build {
             executor,
             busybox,
@@ -270,6 +376,106 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             eprintln!();
             print!("{}", report.report());
             let _ = std::fs::remove_dir_all(&dir);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// The config file, or the defaults (with the environment's overrides) without one.
+fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<airlock::config::Config> {
+    match path {
+        Some(p) => Ok(airlock::config::Config::load(p)?),
+        None => {
+            let mut c = airlock::config::Config::default();
+            c.apply_env();
+            c.validate("(defaults)")?;
+            Ok(c)
+        }
+    }
+}
+
+fn policy_cmd(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
+    use airlock::policy::{decision_name, Policy};
+    match cmd {
+        PolicyCmd::Schema => {
+            print!("{}", airlock::policy::json_schema());
+            Ok(ExitCode::SUCCESS)
+        }
+        PolicyCmd::Check { file } => match Policy::load(&file) {
+            Ok(p) => {
+                println!("{}: ok — {}", file.display(), p.summary());
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                let n = e.diagnostics().len().max(1);
+                eprintln!("{}: rejected ({n} problem(s))", file.display());
+                Ok(ExitCode::from(1))
+            }
+        },
+        PolicyCmd::Explain {
+            policy,
+            user,
+            tool,
+            args,
+            json,
+        } => {
+            let p = Policy::load(&policy).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let args: serde_json::Value = serde_json::from_str(&args)
+                .with_context(|| format!("the arguments are not valid JSON: {args}"))?;
+            let call = ToolCall::from_parts(&tool, args).map_err(anyhow::Error::msg)?;
+            let v = match &user {
+                Some(name) => {
+                    let u = p.user(name).with_context(|| {
+                        let names: Vec<&str> = p.users().iter().map(|u| u.name.as_str()).collect();
+                        format!(
+                            "no user `{name}` in {}; users: {}",
+                            policy.display(),
+                            names.join(", ")
+                        )
+                    })?;
+                    p.evaluate(u, &call)
+                }
+                None => airlock::policy::evaluate(p.defaults(), &call, &[]),
+            };
+            let rule = p.rule_info(&v.rule);
+            if json {
+                let out = serde_json::json!({
+                    "decision": v.decision,
+                    "rule": v.rule,
+                    "rule_line": rule.as_ref().map(|r| r.0),
+                    "rule_summary": rule.as_ref().map(|r| &r.1),
+                    "reason": v.reason,
+                    "details": v.details,
+                    "policy_sha256": p.sha256,
+                });
+                println!("{}", serde_json::to_string_pretty(&out)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!("decision: {}", decision_name(v.decision));
+            match rule {
+                Some((line, summary)) => println!(
+                    "rule:     {} ({}:{line}): {summary}",
+                    v.rule,
+                    policy.display()
+                ),
+                None => println!("rule:     {}", v.rule),
+            }
+            if let Some(r) = &v.reason {
+                println!("reason:   {r}");
+            }
+            if !v.details.is_empty() {
+                println!("how:");
+                for d in &v.details {
+                    println!("  {d}");
+                }
+            }
+            println!(
+                "user:     {}",
+                user.as_deref()
+                    .unwrap_or("(none: a user with no groups or overrides)")
+            );
+            println!("policy:   {} (sha256 {})", policy.display(), p.sha256);
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -343,6 +549,7 @@ async fn sandbox_run(docker: Option<String>, a: RunArgs) -> anyhow::Result<ExitC
         nofile: d.nofile,
         uid,
         gid,
+        image: None,
     };
     let protected = a
         .protect

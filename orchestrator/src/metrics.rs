@@ -18,6 +18,11 @@ pub struct Metrics {
     latency_count: AtomicU64,
     latency_sum_us: AtomicU64,
     http_requests: AtomicU64,
+    /// The agent: tokens by kind (`prompt`, `completion`), model requests by outcome, turns
+    /// by how they ended.
+    llm_tokens: Mutex<BTreeMap<&'static str, u64>>,
+    llm_requests: Mutex<BTreeMap<String, u64>>,
+    agent_turns: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Metrics {
@@ -44,6 +49,33 @@ impl Metrics {
 
     pub fn count_request(&self) {
         self.http_requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Tokens one model request used (as the provider reported them).
+    pub fn count_tokens(&self, prompt: u64, completion: u64) {
+        let mut m = self.llm_tokens.lock().expect("metrics lock");
+        *m.entry("prompt").or_default() += prompt;
+        *m.entry("completion").or_default() += completion;
+    }
+
+    /// One model request and how it ended (`ok` or an `llm_*` error code).
+    pub fn count_llm_request(&self, outcome: &str) {
+        *self
+            .llm_requests
+            .lock()
+            .expect("metrics lock")
+            .entry(outcome.to_string())
+            .or_default() += 1;
+    }
+
+    /// One agent turn and how it ended (`completed`, `cancelled`, `failed`, `max_steps`, …).
+    pub fn count_turn(&self, status: &str) {
+        *self
+            .agent_turns
+            .lock()
+            .expect("metrics lock")
+            .entry(status.to_string())
+            .or_default() += 1;
     }
 
     /// The exposition text; gauges are passed in because they are read from elsewhere.
@@ -94,6 +126,31 @@ impl Metrics {
             "airlock_http_requests_total {}",
             self.http_requests.load(Ordering::Relaxed)
         );
+        out += "# HELP airlock_llm_tokens_total Tokens used by the agent's model requests, as reported by the provider.\n";
+        out += "# TYPE airlock_llm_tokens_total counter\n";
+        let tokens = self.llm_tokens.lock().expect("metrics lock").clone();
+        for kind in ["prompt", "completion"] {
+            let n = tokens.get(kind).copied().unwrap_or(0);
+            let _ = writeln!(out, "airlock_llm_tokens_total{{kind=\"{kind}\"}} {n}");
+        }
+        out += "# HELP airlock_llm_requests_total The agent's model requests by outcome.\n";
+        out += "# TYPE airlock_llm_requests_total counter\n";
+        for (outcome, n) in self.llm_requests.lock().expect("metrics lock").iter() {
+            let _ = writeln!(
+                out,
+                "airlock_llm_requests_total{{outcome=\"{}\"}} {n}",
+                escape(outcome)
+            );
+        }
+        out += "# HELP airlock_agent_turns_total Agent turns by how they ended.\n";
+        out += "# TYPE airlock_agent_turns_total counter\n";
+        for (status, n) in self.agent_turns.lock().expect("metrics lock").iter() {
+            let _ = writeln!(
+                out,
+                "airlock_agent_turns_total{{status=\"{}\"}} {n}",
+                escape(status)
+            );
+        }
         out
     }
 }
@@ -123,5 +180,14 @@ mod tests {
         assert!(text.contains("airlock_tool_call_seconds_bucket{le=\"+Inf\"} 1"));
         assert!(text.contains("airlock_containers 3"));
         assert!(text.contains("airlock_approvals_pending 1"));
+        m.count_tokens(10, 4);
+        m.count_tokens(1, 1);
+        m.count_turn("completed");
+        m.count_llm_request("ok");
+        let text = m.render(0, None);
+        assert!(text.contains("airlock_llm_tokens_total{kind=\"prompt\"} 11"));
+        assert!(text.contains("airlock_llm_tokens_total{kind=\"completion\"} 5"));
+        assert!(text.contains("airlock_agent_turns_total{status=\"completed\"} 1"));
+        assert!(text.contains("airlock_llm_requests_total{outcome=\"ok\"} 1"));
     }
 }

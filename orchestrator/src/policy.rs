@@ -1,85 +1,91 @@
-//! Admin policy files: users and their workspaces, a decision per tool, protected paths and
-//! sandbox limits. Parsing and evaluation are pure (no Docker, Redis or HTTP).
+//! Admin policy files: users and their workspaces, groups, tool rules (deny → ask → allow,
+//! strictest match wins) on tool, path and shell command, protected paths, container limits,
+//! runtime, image, approval expiry, session grants, and inline test cases. Parsing,
+//! validation and evaluation are pure (no Docker, Redis or HTTP); the format is documented in
+//! docs/POLICY.md and its JSON Schema is generated from [`file`].
+//!
+//! Loading is all-or-nothing: a file with any error — including a failing `[[test]]` case —
+//! is rejected with every problem reported as `FILE:LINE:COLUMN: message`.
 
-use std::collections::BTreeMap;
+pub mod eval;
+pub mod file;
+pub mod shell;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use airlock_executor::protocol::{ProtectedPath, Protection, ToolCall};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use toml::Spanned;
 
 use crate::calls::Decision;
-use crate::config::{parse_toml, ConfigError};
-use crate::sandbox::Profile;
+use crate::config::line_col;
+use crate::sandbox::{Profile, Runtime};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    User,
-    Admin,
-}
+pub use eval::{evaluate, strictness, Effective, Grant, Verdict};
+pub use file::{PolicyFile, Role, ToolName};
 
+/// A user of the server, resolved from the policy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct User {
     pub name: String,
     /// Hex SHA-256 of the user's bearer token (`airlock admin token` prints it).
     pub token_sha256: String,
-    #[serde(default = "default_role")]
     pub role: Role,
     /// Absolute host path of the user's workspace root.
     pub workspace: PathBuf,
     /// The uid:gid the user's tool containers run as (the workspace's owner); never 0.
     pub uid: u32,
     pub gid: u32,
+    /// The user's groups, in the order their settings apply.
+    #[serde(default)]
+    pub groups: Vec<String>,
 }
 
-fn default_role() -> Role {
-    Role::User
+/// One problem in a policy file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Defaults {
-    /// Decision per tool name; tools not listed are asked about.
-    pub tools: BTreeMap<String, Decision>,
-    /// Sandbox limits and runtime (uid/gid come from the user).
-    pub sandbox: Profile,
-    /// How long an approval stays valid, in seconds (the server's limit applies when unset).
-    pub approval_ttl_secs: Option<u64>,
+/// Why a policy file was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("cannot read the policy {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{}", render(path, diagnostics))]
+    Invalid {
+        path: String,
+        diagnostics: Vec<Diagnostic>,
+    },
 }
 
-impl Default for Defaults {
-    fn default() -> Self {
-        let mut tools = BTreeMap::new();
-        for t in ["read_file", "list_dir", "search"] {
-            tools.insert(t.to_string(), Decision::Allow);
-        }
-        for t in ["write_file", "edit_file", "run_shell"] {
-            tools.insert(t.to_string(), Decision::Ask);
-        }
-        Defaults {
-            tools,
-            sandbox: Profile::default(),
-            approval_ttl_secs: None,
+impl PolicyError {
+    /// The problems found (empty for a read error).
+    pub fn diagnostics(&self) -> &[Diagnostic] {
+        match self {
+            PolicyError::Read { .. } => &[],
+            PolicyError::Invalid { diagnostics, .. } => diagnostics,
         }
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PolicyFile {
-    #[serde(default)]
-    pub defaults: Defaults,
-    /// Paths no tool may read (`no_access`) or write (`read_only`), checked by the executor
-    /// after path resolution.
-    #[serde(default = "default_protected")]
-    pub protected: Vec<ProtectedPath>,
-    #[serde(default)]
-    pub users: Vec<User>,
+fn render(path: &str, ds: &[Diagnostic]) -> String {
+    ds.iter()
+        .map(|d| format!("{path}:{}:{}: {}", d.line, d.column, d.message))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
-/// The protected paths in force when a policy names none.
+/// The protected paths in force when `[defaults]` names none.
 pub fn default_protected() -> Vec<ProtectedPath> {
     let p = |glob: &str, protection| ProtectedPath {
         glob: glob.into(),
@@ -97,43 +103,149 @@ pub fn default_protected() -> Vec<ProtectedPath> {
 #[derive(Debug, Clone)]
 pub struct Policy {
     pub file: PolicyFile,
+    /// Hex SHA-256 of the file's bytes: recorded with every call it decides.
     pub sha256: String,
     pub path: String,
-}
-
-/// The policy's answer for one call, and which rule gave it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Verdict {
-    pub decision: Decision,
-    pub rule: String,
+    users: Vec<User>,
+    effective: HashMap<String, Effective>,
+    /// The settings of a user with no groups and no overrides.
+    defaults: Effective,
+    /// How many inline test cases passed at load.
+    pub tests_passed: usize,
 }
 
 impl Policy {
-    pub fn load(path: &Path) -> Result<Policy, ConfigError> {
+    pub fn load(path: &Path) -> Result<Policy, PolicyError> {
         let shown = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
+        let bytes = std::fs::read(path).map_err(|source| PolicyError::Read {
             path: shown.clone(),
             source,
         })?;
-        let text = String::from_utf8(bytes.clone()).map_err(|_| ConfigError::Invalid {
+        let text = String::from_utf8(bytes).map_err(|e| PolicyError::Invalid {
             path: shown.clone(),
-            message: "not UTF-8".into(),
+            diagnostics: vec![Diagnostic {
+                line: 1,
+                column: 1,
+                message: format!(
+                    "the file is not UTF-8 (invalid byte at offset {})",
+                    e.utf8_error().valid_up_to()
+                ),
+            }],
         })?;
         Policy::parse(&shown, &text)
     }
 
-    pub fn parse(path: &str, text: &str) -> Result<Policy, ConfigError> {
-        let file: PolicyFile = parse_toml(path, text)?;
-        validate(path, text, &file)?;
-        Ok(Policy {
+    /// Parses and validates `text` (named `path` in messages) and runs its inline tests.
+    pub fn parse(path: &str, text: &str) -> Result<Policy, PolicyError> {
+        let invalid = |diagnostics| PolicyError::Invalid {
+            path: path.to_string(),
+            diagnostics,
+        };
+        let file: PolicyFile = toml::from_str(text).map_err(|e| {
+            let (line, column) = e.span().map_or((1, 1), |s| line_col(text, s.start));
+            invalid(vec![Diagnostic {
+                line,
+                column,
+                message: e.message().trim_end().to_string(),
+            }])
+        })?;
+        let mut c = Compiler {
+            text,
+            diags: Vec::new(),
+        };
+        let (users, effective, defaults) = c.compile(&file);
+        if !c.diags.is_empty() {
+            return Err(invalid(c.diags));
+        }
+        let mut policy = Policy {
             file,
             sha256: hex::encode(Sha256::digest(text.as_bytes())),
             path: path.to_string(),
-        })
+            users,
+            effective,
+            defaults,
+            tests_passed: 0,
+        };
+        let diags = policy.run_tests(text);
+        if !diags.is_empty() {
+            return Err(invalid(diags));
+        }
+        policy.tests_passed = policy.file.tests.len();
+        Ok(policy)
+    }
+
+    /// Runs the `[[test]]` cases; one diagnostic per failing case.
+    fn run_tests(&self, text: &str) -> Vec<Diagnostic> {
+        let mut out = Vec::new();
+        for (i, t) in self.file.tests.iter().enumerate() {
+            let (line, column) = line_col(text, t.span().start);
+            let case = t.get_ref();
+            let label = case
+                .name
+                .as_ref()
+                .map_or_else(|| format!("test[{i}]"), |n| format!("test `{n}`"));
+            let mut fail = |message: String| {
+                out.push(Diagnostic {
+                    line,
+                    column,
+                    message: format!("{label} failed: {message}"),
+                })
+            };
+            let eff = match &case.user {
+                None => &self.defaults,
+                Some(name) => match self.user(name).and_then(|u| self.effective(u)) {
+                    Some(e) => e,
+                    None => {
+                        fail(format!(
+                            "no user `{name}`; users: {}",
+                            self.user_names().join(", ")
+                        ));
+                        continue;
+                    }
+                },
+            };
+            let call = match ToolCall::from_parts(&case.tool, case.args.clone()) {
+                Ok(c) => c,
+                Err(e) => {
+                    fail(e);
+                    continue;
+                }
+            };
+            let v = eval::evaluate(eff, &call, &[]);
+            let rule_ok = case.rule.as_ref().is_none_or(|r| *r == v.rule);
+            if v.decision != case.expect || !rule_ok {
+                let want_rule = case
+                    .rule
+                    .as_ref()
+                    .map_or(String::new(), |r| format!(" by `{r}`"));
+                fail(format!(
+                    "{} {} expected {}{want_rule}, got {} by `{}`{}",
+                    case.tool,
+                    case.args,
+                    decision_name(case.expect),
+                    decision_name(v.decision),
+                    v.rule,
+                    if v.details.len() > 1 {
+                        format!(" ({})", v.details.join("; "))
+                    } else {
+                        String::new()
+                    }
+                ));
+            }
+        }
+        out
     }
 
     pub fn user(&self, name: &str) -> Option<&User> {
-        self.file.users.iter().find(|u| u.name == name)
+        self.users.iter().find(|u| u.name == name)
+    }
+
+    pub fn users(&self) -> &[User] {
+        &self.users
+    }
+
+    fn user_names(&self) -> Vec<&str> {
+        self.users.iter().map(|u| u.name.as_str()).collect()
     }
 
     /// Finds the user whose token hashes to `token_sha256`, comparing every entry in constant
@@ -141,7 +253,7 @@ impl Policy {
     pub fn user_by_token_hash(&self, token_sha256: &[u8; 32]) -> Option<&User> {
         use subtle::ConstantTimeEq;
         let mut found = None;
-        for u in &self.file.users {
+        for u in &self.users {
             let mut want = [0u8; 32];
             if hex::decode_to_slice(&u.token_sha256, &mut want).is_ok()
                 && bool::from(want.ct_eq(token_sha256))
@@ -152,114 +264,121 @@ impl Policy {
         found
     }
 
-    pub fn evaluate(&self, _user: &User, call: &ToolCall) -> Verdict {
-        match self.file.defaults.tools.get(call.name()) {
-            Some(d) => Verdict {
-                decision: *d,
-                rule: format!("defaults.tools.{}", call.name()),
-            },
+    /// The settings of a user with no groups and no overrides of their own.
+    pub fn defaults(&self) -> &Effective {
+        &self.defaults
+    }
+
+    /// The user's settings with defaults, groups and own overrides applied.
+    pub fn effective(&self, user: &User) -> Option<&Effective> {
+        self.effective.get(&user.name)
+    }
+
+    /// The decision for `call` by `user`, and the rule that gave it.
+    pub fn evaluate(&self, user: &User, call: &ToolCall) -> Verdict {
+        self.evaluate_with_grants(user, call, &[])
+    }
+
+    /// As [`Policy::evaluate`], with what the user approved for the rest of the session.
+    pub fn evaluate_with_grants(&self, user: &User, call: &ToolCall, grants: &[Grant]) -> Verdict {
+        match self.effective(user) {
+            Some(eff) => eval::evaluate(eff, call, grants),
             None => Verdict {
-                decision: Decision::Ask,
-                rule: "built-in: unlisted tools ask".into(),
+                decision: Decision::Deny,
+                rule: "built-in: the user is not in the policy in force".into(),
+                reason: None,
+                details: Vec::new(),
             },
         }
     }
 
-    /// The sandbox profile for `user`'s calls.
+    /// The sandbox profile for `user`'s calls: the merged limits, runtime and image, and the
+    /// user's uid:gid.
     pub fn profile_for(&self, user: &User) -> Profile {
+        let base = self
+            .effective(user)
+            .map_or_else(Profile::default, |e| e.profile.clone());
         Profile {
             uid: user.uid,
             gid: user.gid,
-            ..self.file.defaults.sandbox.clone()
+            ..base
         }
+    }
+
+    /// The protected paths the executor enforces for `user`.
+    pub fn protected_for(&self, user: &User) -> Vec<ProtectedPath> {
+        self.effective(user)
+            .map_or_else(default_protected, |e| e.protected.clone())
+    }
+
+    /// How long `user`'s approvals stay valid (None: the server's setting).
+    pub fn approval_ttl_secs(&self, user: &User) -> Option<u64> {
+        self.effective(user).and_then(|e| e.approval_ttl_secs)
+    }
+
+    /// Whether `user` may approve patterns for the rest of a session.
+    pub fn session_grants_allowed(&self, user: &User) -> bool {
+        self.effective(user).is_some_and(|e| e.session_grants)
+    }
+
+    /// `(concurrent calls, calls per minute)` limits of `user`.
+    pub fn call_limits(&self, user: &User) -> (Option<u32>, Option<u32>) {
+        self.effective(user)
+            .map_or((None, None), |e| (e.concurrent_calls, e.calls_per_minute))
+    }
+
+    /// Every executor image the policy names (to resolve and pin at load).
+    pub fn images(&self) -> BTreeSet<String> {
+        self.effective
+            .values()
+            .chain([&self.defaults])
+            .filter_map(|e| e.profile.image.clone())
+            .collect()
+    }
+
+    /// Every runtime some user's calls use.
+    pub fn runtimes(&self) -> BTreeSet<&'static str> {
+        self.effective
+            .values()
+            .chain([&self.defaults])
+            .map(|e| e.profile.runtime.as_str())
+            .collect()
+    }
+
+    /// The line (in the policy file) and one-line summary of the rule with id `id`.
+    pub fn rule_info(&self, id: &str) -> Option<(usize, String)> {
+        self.effective
+            .values()
+            .chain([&self.defaults])
+            .flat_map(|e| e.rules.iter())
+            .find(|r| r.id == id)
+            .map(|r| (r.line, r.summary.clone()))
+    }
+
+    /// One line for `airlock policy check`.
+    pub fn summary(&self) -> String {
+        let rules: usize = self.file.defaults.rules.len()
+            + self
+                .file
+                .groups
+                .values()
+                .map(|g| g.rules.len())
+                .sum::<usize>()
+            + self.file.users.iter().map(|u| u.rules.len()).sum::<usize>();
+        format!(
+            "{} user(s), {} group(s), {rules} rule(s), {} inline test(s) passed; sha256 {}",
+            self.users.len(),
+            self.file.groups.len(),
+            self.tests_passed,
+            self.sha256
+        )
     }
 }
 
-fn validate(path: &str, text: &str, f: &PolicyFile) -> Result<(), ConfigError> {
-    // Point at the line where a named thing is defined, when we can find it.
-    let at = |needle: &str, message: String| {
-        let (line, column) = text
-            .find(needle)
-            .map_or((1, 1), |o| crate::config::line_col(text, o));
-        ConfigError::Parse {
-            path: path.into(),
-            line,
-            column,
-            message,
-        }
-    };
-    for tool in f.defaults.tools.keys() {
-        if !ToolCall::NAMES.contains(&tool.as_str()) {
-            return Err(at(
-                tool,
-                format!(
-                    "unknown tool `{tool}` in defaults.tools; known tools: {}",
-                    ToolCall::NAMES.join(", ")
-                ),
-            ));
-        }
-    }
-    f.defaults
-        .sandbox
-        .validate()
-        .or_else(|e| {
-            // uid/gid come from users; validate the rest with a harmless placeholder.
-            let mut p = f.defaults.sandbox.clone();
-            p.uid = 65532;
-            p.gid = 65532;
-            p.validate().map_err(|_| e)
-        })
-        .map_err(|e| at("[defaults.sandbox]", e.to_string()))?;
-    for p in &f.protected {
-        globset::Glob::new(&p.glob)
-            .map_err(|e| at(&p.glob, format!("invalid glob `{}`: {e}", p.glob)))?;
-    }
-    let mut seen = std::collections::HashSet::new();
-    for u in &f.users {
-        let here = format!("\"{}\"", u.name);
-        if u.name.is_empty()
-            || !u
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        {
-            return Err(at(
-                &here,
-                format!(
-                    "user name `{}` must be letters, digits, `-`, `_` or `.`",
-                    u.name
-                ),
-            ));
-        }
-        if !seen.insert(&u.name) {
-            return Err(at(&here, format!("user `{}` is defined twice", u.name)));
-        }
-        if u.token_sha256.len() != 64 || hex::decode(&u.token_sha256).is_err() {
-            return Err(at(
-                &u.token_sha256,
-                format!(
-                    "user `{}`: token_sha256 must be 64 hex digits (make one with `airlock admin token --user {}`)",
-                    u.name, u.name
-                ),
-            ));
-        }
-        if !u.workspace.is_absolute() {
-            return Err(at(
-                &here,
-                format!("user `{}`: workspace must be an absolute path", u.name),
-            ));
-        }
-        if u.uid == 0 || u.gid == 0 {
-            return Err(at(
-                &here,
-                format!(
-                    "user `{}`: uid and gid must not be 0 (tools never run as root)",
-                    u.name
-                ),
-            ));
-        }
-    }
-    Ok(())
+/// The JSON Schema of policy files, generated from [`file::PolicyFile`].
+pub fn json_schema() -> String {
+    let schema = schemars::schema_for!(file::PolicyFile);
+    serde_json::to_string_pretty(&schema).expect("schemas serialize") + "\n"
 }
 
 /// Hex SHA-256 of a bearer token, as stored in policy files.
@@ -267,72 +386,508 @@ pub fn token_sha256(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const GOOD: &str = r#"
-[defaults.tools]
-read_file = "allow"
-run_shell = "deny"
-
-[[users]]
-name = "alice"
-token_sha256 = "0a041b9462caa4a31bac3567e0b6e6fd9100787db2ab433d96f6d178cabfce90"
-workspace = "/srv/ws/alice"
-uid = 1000
-gid = 1000
-"#;
-
-    #[test]
-    fn evaluates_per_tool_and_names_the_rule() {
-        let p = Policy::parse("p.toml", GOOD).unwrap();
-        let u = p.user("alice").unwrap();
-        let read = ToolCall::from_parts("read_file", serde_json::json!({"path":"a"})).unwrap();
-        let sh = ToolCall::from_parts("run_shell", serde_json::json!({"command":"ls"})).unwrap();
-        let ed = ToolCall::from_parts("list_dir", serde_json::json!({})).unwrap();
-        assert_eq!(p.evaluate(u, &read).decision, Decision::Allow);
-        assert_eq!(p.evaluate(u, &sh).decision, Decision::Deny);
-        assert_eq!(p.evaluate(u, &sh).rule, "defaults.tools.run_shell");
-        // A [defaults.tools] table replaces the built-in one: unlisted tools ask.
-        assert_eq!(p.evaluate(u, &ed).decision, Decision::Ask);
-        assert_eq!(p.profile_for(u).uid, 1000);
-        assert_eq!(p.file.protected, default_protected());
-    }
-
-    #[test]
-    fn shipped_default_policy_is_valid() {
-        let text = include_str!("../../policies/default.toml");
-        let p = Policy::parse("policies/default.toml", text).unwrap();
-        assert_eq!(p.file.protected, default_protected());
-        assert_eq!(p.file.defaults.tools, Defaults::default().tools);
-    }
-
-    #[test]
-    fn token_lookup_matches_only_the_right_hash() {
-        let p = Policy::parse("p.toml", GOOD).unwrap();
-        let mut h = [0u8; 32];
-        hex::decode_to_slice(token_sha256("user1"), &mut h).unwrap();
-        assert_eq!(
-            p.user_by_token_hash(&h).map(|u| u.name.as_str()),
-            Some("alice")
-        );
-        hex::decode_to_slice(token_sha256("user2"), &mut h).unwrap();
-        assert!(p.user_by_token_hash(&h).is_none());
-    }
-
-    #[test]
-    fn errors_name_file_line_and_what_is_wrong() {
-        let bad = GOOD.replace("run_shell = \"deny\"", "rm_rf = \"allow\"");
-        let e = Policy::parse("p.toml", &bad).unwrap_err().to_string();
-        assert!(e.starts_with("p.toml:4:"), "{e}");
-        assert!(e.contains("unknown tool `rm_rf`"), "{e}");
-        let bad = GOOD.replace("uid = 1000", "uid = 0");
-        let e = Policy::parse("p.toml", &bad).unwrap_err().to_string();
-        assert!(e.contains("must not be 0"), "{e}");
-        let bad = GOOD.replace("gid = 1000", "gid = 1000\nshell = true");
-        let e = Policy::parse("p.toml", &bad).unwrap_err().to_string();
-        assert!(e.contains("shell"), "{e}");
-        assert!(e.starts_with("p.toml:12:"), "{e}");
+pub fn decision_name(d: Decision) -> &'static str {
+    match d {
+        Decision::Allow => "allow",
+        Decision::Ask => "ask",
+        Decision::Deny => "deny",
     }
 }
+
+// ---- validation and compilation ---------------------------------------------------------------
+
+/// A layer after validation.
+#[derive(Default)]
+struct Compiled {
+    rules: Vec<Arc<eval::CompiledRule>>,
+    tools: BTreeMap<ToolName, (Decision, String)>,
+    limits: file::Limits,
+    runtime: Option<Runtime>,
+    image: Option<String>,
+    approval_ttl_secs: Option<u64>,
+    session_grants: Option<bool>,
+    protected: Option<Vec<ProtectedPath>>,
+}
+
+struct Compiler<'a> {
+    text: &'a str,
+    diags: Vec<Diagnostic>,
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+impl Compiler<'_> {
+    fn error_at(&mut self, offset: usize, message: String) {
+        let (line, column) = line_col(self.text, offset);
+        self.diags.push(Diagnostic {
+            line,
+            column,
+            message,
+        });
+    }
+
+    fn error<T>(&mut self, s: &Spanned<T>, message: String) {
+        self.error_at(s.span().start, message);
+    }
+
+    /// Offset of `key =` at or after `from` (to point at one key of a table).
+    fn key_offset(&self, from: usize, key: &str) -> usize {
+        let rest = &self.text[from.min(self.text.len())..];
+        let mut at = 0;
+        while let Some(i) = rest[at..].find(key) {
+            let o = at + i;
+            let before_ok = o == 0
+                || !rest.as_bytes()[o - 1].is_ascii_alphanumeric()
+                    && rest.as_bytes()[o - 1] != b'_';
+            let after = rest[o + key.len()..].trim_start();
+            if before_ok && after.starts_with('=') {
+                return from + o;
+            }
+            at = o + key.len();
+        }
+        from
+    }
+
+    fn compile(&mut self, f: &PolicyFile) -> (Vec<User>, HashMap<String, Effective>, Effective) {
+        let defaults = self.layer("defaults", &f.defaults);
+        let default_eff = merge(&[&defaults]);
+        if let Err(e) = default_eff.profile.validate() {
+            let at = self.text.find("[defaults").unwrap_or(0);
+            let e = e.to_string();
+            let e = e.strip_prefix("invalid sandbox profile: ").unwrap_or(&e);
+            self.error_at(at, format!("[defaults]: the limits are invalid: {e}"));
+        }
+        let mut groups = BTreeMap::new();
+        for (name, g) in &f.groups {
+            if !valid_name(name) {
+                let at = self.text.find(&format!("groups.{name}")).unwrap_or(0);
+                self.error_at(
+                    at,
+                    format!("group name `{name}` must be 1–64 letters, digits, `-`, `_` or `.`"),
+                );
+            }
+            groups.insert(name.clone(), self.layer(&format!("groups.{name}"), g));
+        }
+        let mut users = Vec::new();
+        let mut effective = HashMap::new();
+        let mut names = HashSet::new();
+        let mut tokens = HashMap::new();
+        for u in &f.users {
+            let name = u.name.get_ref().clone();
+            if !valid_name(&name) {
+                self.error(
+                    &u.name,
+                    format!("user name `{name}` must be 1–64 letters, digits, `-`, `_` or `.`"),
+                );
+            }
+            if !names.insert(name.clone()) {
+                self.error(&u.name, format!("user `{name}` is defined twice"));
+            }
+            let token = u.token_sha256.get_ref().to_ascii_lowercase();
+            if token.len() != 64 || hex::decode(&token).is_err() {
+                self.error(
+                    &u.token_sha256,
+                    format!(
+                        "user `{name}`: token_sha256 must be 64 hex digits (make one with `airlock admin token --user {name}`)"
+                    ),
+                );
+            } else if let Some(other) = tokens.insert(token.clone(), name.clone()) {
+                self.error(
+                    &u.token_sha256,
+                    format!("user `{name}` has the same token as user `{other}`: every user needs their own token"),
+                );
+            }
+            let workspace = PathBuf::from(u.workspace.get_ref());
+            if !workspace.is_absolute() {
+                self.error(
+                    &u.workspace,
+                    format!(
+                        "user `{name}`: workspace `{}` must be an absolute path, e.g. /srv/airlock/workspaces/{name}",
+                        workspace.display()
+                    ),
+                );
+            }
+            if u.uid == 0 || u.gid == 0 {
+                self.error(
+                    &u.name,
+                    format!("user `{name}`: uid and gid must not be 0 (tools never run as root); use the owner of the workspace"),
+                );
+            }
+            let mut layers: Vec<&Compiled> = vec![&defaults];
+            let mut group_names = Vec::new();
+            for g in &u.groups {
+                match groups.get(g.get_ref()) {
+                    Some(c) => {
+                        layers.push(c);
+                        group_names.push(g.get_ref().clone());
+                    }
+                    None => {
+                        let known: Vec<&str> = groups.keys().map(String::as_str).collect();
+                        self.error(
+                            g,
+                            format!(
+                                "user `{name}`: no group `{}`; defined groups: {}",
+                                g.get_ref(),
+                                if known.is_empty() {
+                                    "none (add a [groups.NAME] table)".to_string()
+                                } else {
+                                    known.join(", ")
+                                }
+                            ),
+                        );
+                    }
+                }
+            }
+            let own = self.layer(&format!("users.{name}"), &u.layer());
+            layers.push(&own);
+            let eff = merge(&layers);
+            let mut check = eff.profile.clone();
+            check.uid = u.uid.max(1);
+            check.gid = u.gid.max(1);
+            if let Err(e) = check.validate() {
+                let e = e.to_string();
+                let e = e.strip_prefix("invalid sandbox profile: ").unwrap_or(&e);
+                self.error(
+                    &u.name,
+                    format!(
+                        "user `{name}`: the limits after applying defaults, groups and the user's own settings are invalid: {e}"
+                    ),
+                );
+            }
+            users.push(User {
+                name: name.clone(),
+                token_sha256: token,
+                role: u.role,
+                workspace,
+                uid: u.uid,
+                gid: u.gid,
+                groups: group_names,
+            });
+            effective.insert(name, eff);
+        }
+        (users, effective, default_eff)
+    }
+
+    /// Validates and compiles one layer; `prefix` names it in rule ids.
+    fn layer(&mut self, prefix: &str, l: &file::Layer) -> Compiled {
+        let mut c = Compiled::default();
+        for (tool, d) in &l.tools {
+            c.tools
+                .insert(*tool, (*d, format!("{prefix}.tools.{}", tool.as_str())));
+        }
+        for (i, r) in l.rules.iter().enumerate() {
+            if let Some(rule) = self.rule(&format!("{prefix}.rules[{i}]"), r) {
+                c.rules.push(Arc::new(rule));
+            }
+        }
+        if let Some(lim) = &l.limits {
+            self.check_limits(lim);
+            c.limits = lim.get_ref().clone();
+        }
+        c.runtime = l.runtime;
+        if let Some(img) = &l.image {
+            let s = img.get_ref();
+            if s.trim().is_empty() || s.chars().any(char::is_whitespace) {
+                self.error(img, format!("image `{s}` must be an image reference such as `airlock-executor:latest` or an image ID"));
+            }
+            c.image = Some(s.clone());
+        }
+        if let Some(ttl) = &l.approval_ttl_secs {
+            let v = *ttl.get_ref();
+            if !(1..=604_800).contains(&v) {
+                self.error(
+                    ttl,
+                    format!("approval_ttl_secs = {v} must be between 1 and 604800 (a week)"),
+                );
+            }
+            c.approval_ttl_secs = Some(v);
+        }
+        c.session_grants = l.session_grants;
+        if let Some(list) = &l.protected {
+            let mut out = Vec::new();
+            for p in list {
+                let g = p.get_ref().glob.get_ref();
+                if let Err(e) = globset::Glob::new(g) {
+                    self.error(
+                        &p.get_ref().glob,
+                        format!("invalid protected-path glob `{g}`: {}", e.kind()),
+                    );
+                }
+                out.push(ProtectedPath {
+                    glob: g.clone(),
+                    protection: match p.get_ref().protection {
+                        file::ProtectionKind::NoAccess => Protection::NoAccess,
+                        file::ProtectionKind::ReadOnly => Protection::ReadOnly,
+                    },
+                });
+            }
+            c.protected = Some(out);
+        }
+        c
+    }
+
+    fn rule(&mut self, id: &str, r: &Spanned<file::Rule>) -> Option<eval::CompiledRule> {
+        let (line, _) = line_col(self.text, r.span().start);
+        let rule = r.get_ref();
+        let before = self.diags.len();
+        let mut tools = Some(Vec::new());
+        for t in &rule.tool.get_ref().0 {
+            if t == "*" {
+                tools = None;
+            } else if let Some(name) = ToolName::parse(t) {
+                if let Some(v) = tools.as_mut() {
+                    v.push(name);
+                }
+            } else {
+                self.error(
+                    &rule.tool,
+                    format!(
+                        "{id}: unknown tool `{t}`; expected one of {} or \"*\"",
+                        ToolName::ALL.map(|t| t.as_str()).join(", ")
+                    ),
+                );
+            }
+        }
+        let commands = rule.command.as_ref().map(|cmds| {
+            let only_shell = tools.as_deref() == Some(&[ToolName::RunShell][..]);
+            if !only_shell {
+                self.error(
+                    cmds,
+                    format!("{id}: `command` only applies to run_shell: set tool = \"run_shell\" (and put other tools in a rule of their own)"),
+                );
+            }
+            let mut out = Vec::new();
+            for p in &cmds.get_ref().0 {
+                match eval::CommandPattern::new(p, rule.ignore_case) {
+                    Ok(c) => out.push(c),
+                    Err(e) => self.error(cmds, format!("{id}: command pattern `{p}`: {e}")),
+                }
+            }
+            out
+        });
+        let paths = rule.path.as_ref().and_then(|p| {
+            match eval::PathGlobs::new(&p.get_ref().0, rule.ignore_case) {
+                Ok(g) => Some(g),
+                Err(e) => {
+                    self.error(p, format!("{id}: {e}"));
+                    None
+                }
+            }
+        });
+        if rule.session_grants.is_some() && rule.decision != Decision::Ask {
+            self.error(
+                r,
+                format!("{id}: `session_grants` only applies to rules whose decision is \"ask\""),
+            );
+        }
+        if self.diags.len() > before {
+            return None;
+        }
+        let mut summary = format!(
+            "{} {}",
+            decision_name(rule.decision),
+            rule.tool.get_ref().0.join(", ")
+        );
+        if let Some(p) = &rule.path {
+            summary += &format!(" path {:?}", p.get_ref().0);
+        }
+        if let Some(c) = &rule.command {
+            summary += &format!(" command {:?}", c.get_ref().0);
+        }
+        Some(eval::CompiledRule {
+            id: id.to_string(),
+            line,
+            tools,
+            decision: rule.decision,
+            paths,
+            commands,
+            session_grants: rule.session_grants != Some(false),
+            reason: rule.reason.clone(),
+            summary,
+        })
+    }
+
+    fn check_limits(&mut self, lim: &Spanned<file::Limits>) {
+        let start = lim.span().start;
+        let l = lim.get_ref();
+        let bad = |c: &mut Self, key: &str, msg: String| {
+            let at = c.key_offset(start, key);
+            c.error_at(at, format!("limits.{key}: {msg}"));
+        };
+        const MIB: u64 = 1 << 20;
+        if let Some(v) = l.memory {
+            if v.0 < 8 * MIB {
+                bad(
+                    self,
+                    "memory",
+                    format!("{} bytes is below the minimum of 8 MiB", v.0),
+                );
+            }
+        }
+        if let Some(v) = l.cpus {
+            if !(v > 0.0 && v <= 64.0) {
+                bad(
+                    self,
+                    "cpus",
+                    format!("{v} must be more than 0 and at most 64"),
+                );
+            }
+        }
+        if let Some(v) = l.pids {
+            if !(4..=1 << 22).contains(&v) {
+                bad(
+                    self,
+                    "pids",
+                    format!("{v} must be between 4 and 4194304 (runsc needs at least 128)"),
+                );
+            }
+        }
+        if let Some(v) = l.timeout_secs {
+            if !(1..=86_400).contains(&v) {
+                bad(
+                    self,
+                    "timeout_secs",
+                    format!("{v} must be between 1 and 86400"),
+                );
+            }
+        }
+        if let Some(v) = l.output {
+            if v.0 < 4096 {
+                bad(
+                    self,
+                    "output",
+                    format!("{} bytes is below the minimum of 4096", v.0),
+                );
+            }
+        }
+        if let Some(v) = l.tmpfs {
+            if v.0 < MIB {
+                bad(
+                    self,
+                    "tmpfs",
+                    format!("{} bytes is below the minimum of 1 MiB", v.0),
+                );
+            }
+        }
+        if let Some(v) = l.file_size {
+            if v.0 < 4096 {
+                bad(
+                    self,
+                    "file_size",
+                    format!("{} bytes is below the minimum of 4096", v.0),
+                );
+            }
+        }
+        if let Some(v) = l.open_files {
+            if !(16..=1 << 20).contains(&v) {
+                bad(
+                    self,
+                    "open_files",
+                    format!("{v} must be between 16 and 1048576"),
+                );
+            }
+        }
+        if l.concurrent_calls == Some(0) {
+            bad(
+                self,
+                "concurrent_calls",
+                "must be at least 1 (deny the tools instead to stop a user)".into(),
+            );
+        }
+        if l.calls_per_minute == Some(0) {
+            bad(
+                self,
+                "calls_per_minute",
+                "must be at least 1 (deny the tools instead to stop a user)".into(),
+            );
+        }
+    }
+}
+
+/// Applies layers in order (later layers override earlier ones; rules and protected paths
+/// accumulate).
+fn merge(layers: &[&Compiled]) -> Effective {
+    let mut profile = Profile::default();
+    let mut eff = Effective {
+        rules: Vec::new(),
+        fallback: BTreeMap::new(),
+        profile: Profile::default(),
+        protected: default_protected(),
+        approval_ttl_secs: None,
+        session_grants: false,
+        concurrent_calls: None,
+        calls_per_minute: None,
+    };
+    for (i, l) in layers.iter().enumerate() {
+        eff.rules.extend(l.rules.iter().cloned());
+        for (t, d) in &l.tools {
+            eff.fallback.insert(*t, d.clone());
+        }
+        let lim = &l.limits;
+        if let Some(v) = lim.memory {
+            profile.memory_bytes = v.0;
+        }
+        if let Some(v) = lim.cpus {
+            profile.cpus = v;
+        }
+        if let Some(v) = lim.pids {
+            profile.pids = v;
+        }
+        if let Some(v) = lim.timeout_secs {
+            profile.timeout_secs = v;
+        }
+        if let Some(v) = lim.output {
+            profile.output_bytes = v.0;
+        }
+        if let Some(v) = lim.tmpfs {
+            profile.tmpfs_bytes = v.0;
+        }
+        if let Some(v) = lim.file_size {
+            profile.fsize_bytes = v.0;
+        }
+        if let Some(v) = lim.open_files {
+            profile.nofile = v;
+        }
+        if lim.concurrent_calls.is_some() {
+            eff.concurrent_calls = lim.concurrent_calls;
+        }
+        if lim.calls_per_minute.is_some() {
+            eff.calls_per_minute = lim.calls_per_minute;
+        }
+        if let Some(r) = l.runtime {
+            profile.runtime = r;
+        }
+        if l.image.is_some() {
+            profile.image = l.image.clone();
+        }
+        if l.approval_ttl_secs.is_some() {
+            eff.approval_ttl_secs = l.approval_ttl_secs;
+        }
+        if let Some(g) = l.session_grants {
+            eff.session_grants = g;
+        }
+        if let Some(p) = &l.protected {
+            if i == 0 {
+                eff.protected = p.clone(); // [defaults] replaces the built-in list
+            } else {
+                eff.protected.extend(p.iter().cloned());
+            }
+        }
+    }
+    eff.profile = profile;
+    eff
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} by {}", decision_name(self.decision), self.rule)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -8,10 +8,12 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::agent::Agent;
 use crate::api::{app, AppState};
 use crate::config::{Config, ConfigError};
 use crate::engine::{Engine, EngineError};
-use crate::policy::Policy;
+use crate::llm::LlmSetupError;
+use crate::policy::{Policy, PolicyError};
 use crate::sandbox::{Sandbox, SandboxConfig, SandboxError};
 use crate::store::{Store, StoreError};
 
@@ -19,23 +21,35 @@ use crate::store::{Store, StoreError};
 pub enum ServerError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error("the policy was rejected:\n{0}")]
+    Policy(#[from] PolicyError),
+    #[error("the policy cannot be used with this Docker engine: {0}")]
+    PolicyAdmission(String),
     #[error("Redis: {0}")]
     Store(#[from] StoreError),
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
     #[error(transparent)]
     Engine(#[from] EngineError),
-    #[error("no Redis configured: set redis.url in the config or AIRLOCK_REDIS_URL")]
+    #[error("no Redis configured: set redis.url in the config or AIRLOCK_REDIS_URL (`airlock serve` starts its own redis-server when neither is set)")]
     NoRedis,
+    #[error("{0}")]
+    RedisSettings(String),
     #[error("HTTP server: {0}")]
     Io(#[from] std::io::Error),
+    #[error("the agent's model settings: {0}")]
+    Llm(#[from] LlmSetupError),
 }
 
 /// Connects everything and builds the engine (recovering state left by a previous run).
 pub async fn build(config: &Config) -> Result<Arc<Engine>, ServerError> {
     let policy = Policy::load(&config.policy)?;
-    let url = config.redis.url.as_deref().ok_or(ServerError::NoRedis)?;
-    let store = Store::connect(url, &config.redis.prefix).await?;
+    let url = config
+        .redis
+        .effective_url()
+        .map_err(ServerError::RedisSettings)?
+        .ok_or(ServerError::NoRedis)?;
+    let store = Store::connect(&url, &config.redis.prefix).await?;
     let sandbox = Sandbox::new(&SandboxConfig {
         docker_endpoint: config.docker.endpoint.clone(),
         image: config.docker.image.clone(),
@@ -43,6 +57,9 @@ pub async fn build(config: &Config) -> Result<Arc<Engine>, ServerError> {
         max_containers: config.limits.max_containers,
     })
     .await?;
+    admit_policy(&sandbox, &policy)
+        .await
+        .map_err(ServerError::PolicyAdmission)?;
     let engine = Engine::new(store, sandbox, policy, config.limits.clone());
     let (failed, reaped) = engine.recover().await?;
     if failed > 0 || reaped > 0 {
@@ -55,6 +72,120 @@ pub async fn build(config: &Config) -> Result<Arc<Engine>, ServerError> {
     Ok(engine)
 }
 
+/// Checks that the engine can run what `policy` asks for, and pins its images: every image
+/// it names is resolved to an ID now (so a tag moved later changes nothing until the next
+/// load), and every runtime it uses is registered with the engine.
+pub async fn admit_policy(sandbox: &Sandbox, policy: &Policy) -> Result<(), String> {
+    for rt in policy.runtimes() {
+        if !sandbox.has_runtime(rt) {
+            return Err(format!(
+                "{}: the policy uses the OCI runtime `{rt}`, which the Docker engine does not have (see `docker info` → Runtimes; for runsc: scripts/enable-gvisor.sh)",
+                policy.path
+            ));
+        }
+    }
+    for image in policy.images() {
+        sandbox
+            .pin_image(&image)
+            .await
+            .map_err(|e| format!("{}: image `{image}`: {e}", policy.path))?;
+    }
+    Ok(())
+}
+
+/// Reads the policy file again and puts it in force if it is valid (its inline tests pass,
+/// its images and runtimes exist); otherwise the policy in force stays and the error is
+/// returned (and kept for [`Engine::policy_error`]). `Ok(false)`: the file is unchanged
+/// (same SHA-256) and `force` was not set.
+pub async fn reload_policy(
+    engine: &Engine,
+    path: &std::path::Path,
+    force: bool,
+) -> Result<bool, String> {
+    let shown = path.display().to_string();
+    let bytes = tokio::fs::read(path)
+        .await
+        .map_err(|e| format!("cannot read the policy {shown}: {e}"))?;
+    let current = engine.policy();
+    let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+    if !force && sha == current.sha256 {
+        return Ok(false);
+    }
+    let text =
+        String::from_utf8(bytes).map_err(|_| format!("{shown}:1:1: the file is not UTF-8"))?;
+    let policy = Policy::parse(&shown, &text).map_err(|e| e.to_string())?;
+    admit_policy(&engine.sandbox, &policy).await?;
+    tracing::info!(
+        policy = %shown,
+        sha256 = %policy.sha256,
+        previous = %current.sha256,
+        users = policy.users().len(),
+        tests = policy.tests_passed,
+        "policy reloaded"
+    );
+    engine.set_policy(policy);
+    Ok(true)
+}
+
+/// Watches the policy file (its content hash, every second) and SIGHUP; reloads on change.
+/// A rejected version is logged once (with FILE:LINE:COLUMN) and the old policy stays.
+fn spawn_policy_watcher(
+    engine: Arc<Engine>,
+    path: std::path::PathBuf,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = signal(SignalKind::hangup())
+            .map_err(|e| tracing::warn!(error = %e, "no SIGHUP handler: the policy reloads on file changes only"))
+            .ok();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        // The content hash of the last rejected version (not reported again every second).
+        let mut rejected: Option<String> = None;
+        loop {
+            let force = tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => false,
+                Some(()) = async {
+                    match hup.as_mut() {
+                        Some(h) => h.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => true,
+            };
+            if !force {
+                match tokio::fs::read(&path).await {
+                    Ok(b) => {
+                        let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&b));
+                        if sha == engine.policy().sha256 || rejected.as_deref() == Some(&sha) {
+                            continue;
+                        }
+                        rejected = Some(sha);
+                    }
+                    Err(_) => {
+                        // Editors replace files; a missing file for a moment is not an error.
+                        continue;
+                    }
+                }
+            } else {
+                tracing::info!(policy = %path.display(), "SIGHUP: reloading the policy");
+            }
+            match reload_policy(&engine, &path, force).await {
+                Ok(_) => rejected = None,
+                Err(e) => {
+                    tracing::error!(
+                        policy = %path.display(),
+                        error = %e,
+                        "the new policy was rejected; the previous one stays in force"
+                    );
+                    engine.set_policy_error(e);
+                }
+            }
+        }
+    })
+}
+
 /// Serves on `listener` until `shutdown` resolves, then drains running calls.
 pub async fn run(
     config: Config,
@@ -62,6 +193,10 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    let agent = Agent::new(engine.clone(), &config.llm)?;
+    if !agent.enabled() {
+        tracing::info!("no [llm] base_url configured: the agent routes answer 503");
+    }
     let stop = CancellationToken::new();
     let sweeper = {
         let engine = engine.clone();
@@ -80,15 +215,18 @@ pub async fn run(
             }
         })
     };
+    let watcher = spawn_policy_watcher(engine.clone(), config.policy.clone(), stop.clone());
     let state = AppState {
         engine: engine.clone(),
+        agent: agent.clone(),
         allowed_origins: Arc::new(config.allowed_origins.clone()),
         shutdown: stop.clone(),
         streams: Default::default(),
     };
     tracing::info!(addr = %listener.local_addr()?, "airlock listening");
     let stop2 = stop.clone();
-    axum::serve(listener, app(state))
+    let app = app(state).layer(axum::middleware::from_fn(crate::logging::request_log));
+    axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;
             stop2.cancel();
@@ -96,6 +234,9 @@ pub async fn run(
         .await?;
     stop.cancel();
     let _ = sweeper.await;
+    let _ = watcher.await;
+    // Turns first (they withdraw their pending approvals), then the engine drains its calls.
+    agent.shutdown().await;
     engine.shutdown().await;
     Ok(())
 }

@@ -58,6 +58,10 @@ use tokio::sync::Semaphore;
 
 use crate::calls::{CallStatus, Decision};
 
+/// The agent's keys (conversation history, turn lock): a separate `impl Store`.
+mod history;
+pub use history::{Heartbeat, TURN_HEARTBEAT, TURN_LOCK_TTL};
+
 /// The default key prefix.
 pub const DEFAULT_PREFIX: &str = "airlock:";
 

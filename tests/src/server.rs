@@ -181,7 +181,7 @@ impl Fixture {
         for (tool, decision) in &self.opts.tools {
             policy += &format!("{tool} = \"{decision}\"\n");
         }
-        policy += "\n[defaults.sandbox]\ntimeout_secs = 60\n";
+        policy += "\n[defaults.limits]\ntimeout_secs = 60\n";
         for (u, role) in [
             (&self.alice, "user"),
             (&self.bob, "user"),

@@ -325,6 +325,7 @@ impl Sandbox {
             input: attached.input,
             output: attached.output,
             profile: profile.clone(),
+            workspace: spec.workspace.clone(),
         })
     }
 
@@ -397,6 +398,7 @@ pub struct Prepared {
     input: Pin<Box<dyn AsyncWrite + Send>>,
     output: OutputStream,
     profile: Profile,
+    workspace: std::path::PathBuf,
 }
 
 impl Prepared {
@@ -407,6 +409,11 @@ impl Prepared {
     /// The profile the container was started with.
     pub fn profile(&self) -> &Profile {
         &self.profile
+    }
+
+    /// The workspace mounted in the container.
+    pub fn workspace(&self) -> &std::path::Path {
+        &self.workspace
     }
 
     /// Writes the request; the deadline starts now. Events arrive on the returned handle.

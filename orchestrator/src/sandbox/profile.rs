@@ -32,7 +32,9 @@ pub const CONTAINER_ENV: [&str; 3] = ["PATH=/bin:/usr/bin", "HOME=/tmp", "LANG=C
 pub const RUNSC_MIN_PIDS: u32 = 128;
 
 /// OCI runtime used to start sandbox containers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Runtime {
     /// The engine's standard runtime.
@@ -89,6 +91,9 @@ pub struct Profile {
     /// Non-root uid and gid the tool runs as (the owner of the user's workspace).
     pub uid: u32,
     pub gid: u32,
+    /// Executor image named by the policy (a tag or ID the sandbox has pinned with
+    /// [`Sandbox::pin_image`](super::Sandbox::pin_image)); `None` is the sandbox's own image.
+    pub image: Option<String>,
 }
 
 impl Default for Profile {
@@ -105,6 +110,7 @@ impl Default for Profile {
             runtime: Runtime::Runc,
             uid: 65532,
             gid: 65532,
+            image: None,
         }
     }
 }

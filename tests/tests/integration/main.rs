@@ -1,9 +1,12 @@
 //! Airlock's integration tests: one test binary, real Docker engine, real redis-server.
 
+mod agent;
 mod api;
+mod deploy;
 mod escapes;
 mod exhaustion;
 mod helpers;
+mod policy;
 mod posture;
 mod store;
 mod tools;

@@ -1,0 +1,251 @@
+//! The agent's state in Redis: each session's conversation history and its turn lock.
+//!
+//! | key | type | contents | TTL |
+//! |---|---|---|---|
+//! | `{p}session:{sid}:history` | list | conversation entries (JSON text), oldest first | none; deleted with the session |
+//! | `{p}session:{sid}:turn` | string | the id of the turn running in the session | `PX` 15 s, renewed every 3 s by the turn |
+//! | `{p}session:{sid}:turn_cancel` | string | the id of a turn asked to stop | `PX` 60 s |
+//!
+//! The turn lock makes "one turn per session at a time" hold across orchestrators sharing one
+//! Redis; a cancel request reaches a turn running on another orchestrator through
+//! `turn_cancel`, which the turn's heartbeat reads. Kept apart from `store.rs` so the agent's
+//! keys are in one place.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use redis::Script;
+
+use super::{valid_id, Store, StoreError};
+
+/// How long a turn lock lives without a heartbeat.
+pub const TURN_LOCK_TTL: Duration = Duration::from_secs(15);
+/// How often a running turn renews its lock (and looks for a cancel request).
+pub const TURN_HEARTBEAT: Duration = Duration::from_secs(3);
+const CANCEL_TTL: Duration = Duration::from_secs(60);
+
+/// What a turn's heartbeat learned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Heartbeat {
+    /// The lock is ours (renewed, or taken again after it lapsed).
+    Held,
+    /// Someone asked this turn to stop.
+    CancelRequested,
+    /// Another turn holds the session.
+    Lost,
+}
+
+// ARGV: session key, history key, entry. Returns the new length, or nil without the session.
+const APPEND: &str = r#"
+if redis.call('EXISTS', ARGV[1]) == 0 then return false end
+return redis.call('RPUSH', ARGV[2], ARGV[3])
+"#;
+
+// ARGV: session key, turn key, cancel key, turn id, ttl ms.
+// Returns {1, id} when taken, {2, holder} when held by another turn, {0, ''} without the session.
+const BEGIN: &str = r#"
+if redis.call('EXISTS', ARGV[1]) == 0 then return {0, ''} end
+local cur = redis.call('GET', ARGV[2])
+if cur then return {2, cur} end
+redis.call('SET', ARGV[2], ARGV[4], 'PX', ARGV[5])
+redis.call('DEL', ARGV[3])
+return {1, ARGV[4]}
+"#;
+
+// ARGV: turn key, cancel key, turn id, ttl ms. Returns 1 held, 2 cancel requested, 0 lost.
+const BEAT: &str = r#"
+local cur = redis.call('GET', ARGV[1])
+if cur == false then
+  redis.call('SET', ARGV[1], ARGV[3], 'PX', ARGV[4])
+elseif cur ~= ARGV[3] then
+  return 0
+else
+  redis.call('PEXPIRE', ARGV[1], ARGV[4])
+end
+if redis.call('GET', ARGV[2]) == ARGV[3] then return 2 end
+return 1
+"#;
+
+// ARGV: turn key, cancel key, turn id.
+const END: &str = r#"
+if redis.call('GET', ARGV[1]) == ARGV[3] then redis.call('DEL', ARGV[1]) end
+if redis.call('GET', ARGV[2]) == ARGV[3] then redis.call('DEL', ARGV[2]) end
+return 1
+"#;
+
+// ARGV: turn key, cancel key, ttl ms. Returns the running turn's id, or nil.
+const REQUEST_CANCEL: &str = r#"
+local cur = redis.call('GET', ARGV[1])
+if not cur then return false end
+redis.call('SET', ARGV[2], cur, 'PX', ARGV[3])
+return cur
+"#;
+
+struct HistoryScripts {
+    append: Script,
+    begin: Script,
+    beat: Script,
+    end: Script,
+    request_cancel: Script,
+}
+
+static SCRIPTS: LazyLock<HistoryScripts> = LazyLock::new(|| HistoryScripts {
+    append: Script::new(APPEND),
+    begin: Script::new(BEGIN),
+    beat: Script::new(BEAT),
+    end: Script::new(END),
+    request_cancel: Script::new(REQUEST_CANCEL),
+});
+
+impl Store {
+    fn history_key(&self, sid: &str) -> String {
+        format!("{}:history", self.keys().session(sid))
+    }
+    fn turn_key(&self, sid: &str) -> String {
+        format!("{}:turn", self.keys().session(sid))
+    }
+    fn turn_cancel_key(&self, sid: &str) -> String {
+        format!("{}:turn_cancel", self.keys().session(sid))
+    }
+
+    /// Appends one history entry (any JSON). `NotFound` when the session does not exist
+    /// (so a session deleted mid-turn is not brought back by the turn's last writes).
+    pub async fn append_history(
+        &self,
+        session_id: &str,
+        entry: &serde_json::Value,
+    ) -> Result<u64, StoreError> {
+        if !valid_id(session_id) {
+            return Err(StoreError::NotFound);
+        }
+        let args = vec![
+            self.keys().session(session_id),
+            self.history_key(session_id),
+            entry.to_string(),
+        ];
+        let n: Option<u64> = self.invoke(&SCRIPTS.append, &args).await?;
+        n.ok_or(StoreError::NotFound)
+    }
+
+    /// The newest `max` history entries, oldest first.
+    pub async fn read_history(
+        &self,
+        session_id: &str,
+        max: usize,
+    ) -> Result<Vec<serde_json::Value>, StoreError> {
+        if !valid_id(session_id) || max == 0 {
+            return Ok(Vec::new());
+        }
+        let raw: Vec<String> = self
+            .query(
+                redis::cmd("LRANGE")
+                    .arg(self.history_key(session_id))
+                    .arg(-(max.min(i64::MAX as usize) as i64))
+                    .arg(-1),
+            )
+            .await?;
+        raw.iter()
+            .map(|s| {
+                serde_json::from_str(s)
+                    .map_err(|e| StoreError::Corrupt(format!("history entry: {e}")))
+            })
+            .collect()
+    }
+
+    /// Takes the session's turn lock for `turn_id`. `Ok(Err(holder))` when another turn runs;
+    /// `NotFound` without the session.
+    pub async fn begin_turn(
+        &self,
+        session_id: &str,
+        turn_id: &str,
+    ) -> Result<Result<(), String>, StoreError> {
+        if !valid_id(session_id) {
+            return Err(StoreError::NotFound);
+        }
+        let args = vec![
+            self.keys().session(session_id),
+            self.turn_key(session_id),
+            self.turn_cancel_key(session_id),
+            turn_id.to_string(),
+            TURN_LOCK_TTL.as_millis().to_string(),
+        ];
+        let (code, holder): (i64, String) = self.invoke(&SCRIPTS.begin, &args).await?;
+        match code {
+            1 => Ok(Ok(())),
+            2 => Ok(Err(holder)),
+            _ => Err(StoreError::NotFound),
+        }
+    }
+
+    /// Renews the turn lock and reports a cancel request.
+    pub async fn turn_heartbeat(
+        &self,
+        session_id: &str,
+        turn_id: &str,
+    ) -> Result<Heartbeat, StoreError> {
+        let args = vec![
+            self.turn_key(session_id),
+            self.turn_cancel_key(session_id),
+            turn_id.to_string(),
+            TURN_LOCK_TTL.as_millis().to_string(),
+        ];
+        let code: i64 = self.invoke(&SCRIPTS.beat, &args).await?;
+        Ok(match code {
+            1 => Heartbeat::Held,
+            2 => Heartbeat::CancelRequested,
+            _ => Heartbeat::Lost,
+        })
+    }
+
+    /// Releases the turn lock (only if `turn_id` holds it) and its cancel request.
+    pub async fn end_turn(&self, session_id: &str, turn_id: &str) -> Result<(), StoreError> {
+        let args = vec![
+            self.turn_key(session_id),
+            self.turn_cancel_key(session_id),
+            turn_id.to_string(),
+        ];
+        let _: i64 = self.invoke(&SCRIPTS.end, &args).await?;
+        Ok(())
+    }
+
+    /// The id of the turn running in the session, if any.
+    pub async fn current_turn(&self, session_id: &str) -> Result<Option<String>, StoreError> {
+        if !valid_id(session_id) {
+            return Ok(None);
+        }
+        self.query(redis::cmd("GET").arg(self.turn_key(session_id)))
+            .await
+    }
+
+    /// Asks the session's running turn (on whichever orchestrator) to stop; returns its id.
+    pub async fn request_turn_cancel(
+        &self,
+        session_id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        if !valid_id(session_id) {
+            return Ok(None);
+        }
+        let args = vec![
+            self.turn_key(session_id),
+            self.turn_cancel_key(session_id),
+            CANCEL_TTL.as_millis().to_string(),
+        ];
+        self.invoke(&SCRIPTS.request_cancel, &args).await
+    }
+
+    /// Deletes the session's history and turn keys (with the session).
+    pub async fn delete_agent_state(&self, session_id: &str) -> Result<(), StoreError> {
+        if !valid_id(session_id) {
+            return Ok(());
+        }
+        let _: i64 = self
+            .query(
+                redis::cmd("DEL")
+                    .arg(self.history_key(session_id))
+                    .arg(self.turn_key(session_id))
+                    .arg(self.turn_cancel_key(session_id)),
+            )
+            .await?;
+        Ok(())
+    }
+}
