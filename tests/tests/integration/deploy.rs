@@ -10,7 +10,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use airlock_tests::server::{airlock_binary, Api, Fixture, ServerOptions};
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// Generous bound for anything that runs a container.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
