@@ -810,6 +810,7 @@ impl Engine {
                 self.sandbox.prepare(&profile, &spec).await?
             }
         };
+        let sent = Instant::now();
         let mut handle = prepared.send(&req).await?;
         self.running
             .lock()
@@ -818,7 +819,15 @@ impl Engine {
         let mut result = None;
         let mut error = None;
         let mut outcome = None;
+        // File tools are finished when the executor reports: their container's exit status,
+        // OOM flag and removal add nothing but ~40 ms of Docker round trips, so they are left
+        // to a background drain. run_shell waits for the full outcome (OOM, timeout).
+        let early_finish = !matches!(call, ToolCall::RunShell(_));
         while let Some(ev) = handle.next().await {
+            let last = matches!(
+                ev,
+                SandboxEvent::Executor(Event::Result { .. } | Event::Error { .. })
+            );
             match ev {
                 SandboxEvent::Executor(Event::Output { stream, data }) => {
                     let _ = self
@@ -837,6 +846,16 @@ impl Engine {
                     error = Some(json!({"code": code, "message": message}))
                 }
                 SandboxEvent::Finished(o) => outcome = Some(o),
+            }
+            if last && early_finish {
+                outcome = Some(crate::sandbox::Outcome {
+                    exit_code: Some(if error.is_some() { 3 } else { 0 }),
+                    duration: sent.elapsed(),
+                    ..Default::default()
+                });
+                // The driver still removes the container; keep its stream read to the end.
+                tokio::spawn(async move { while handle.next().await.is_some() {} });
+                break;
             }
         }
         self.running.lock().expect("running lock").remove(&rec.id);
