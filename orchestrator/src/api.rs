@@ -91,7 +91,10 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/sessions", post(create_session).get(list_sessions))
         .route("/v1/sessions/{id}", get(get_session).delete(delete_session))
-        .route("/v1/sessions/{id}/tool-calls", post(propose))
+        .route(
+            "/v1/sessions/{id}/tool-calls",
+            post(propose).get(list_session_calls),
+        )
         .route(
             "/v1/sessions/{id}/messages",
             post(send_message).get(get_messages),
@@ -102,6 +105,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/tool-calls/{id}", get(get_call))
         .route("/v1/tool-calls/{id}/decision", post(decide))
         .route("/v1/tool-calls/{id}/cancel", post(cancel))
+        .route("/v1/audit", get(audit_entries))
+        .merge(crate::web::routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
@@ -559,6 +564,70 @@ async fn get_call(
     let mut v = call_json(&rec);
     v["output"] = Value::Array(output);
     Ok(Json(v))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CallsQuery {
+    /// Only calls with this status (e.g. `awaiting_approval`).
+    status: Option<String>,
+}
+
+/// `GET /v1/sessions/{id}/tool-calls[?status=S]`: the session's calls, oldest first (owner only).
+async fn list_session_calls(
+    State(st): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(id): Path<String>,
+    q: Result<Query<CallsQuery>, QueryRejection>,
+) -> Result<Json<Value>, AppError> {
+    let Query(q) = q?;
+    st.engine.owned_session(&user, &id).await?;
+    let calls = st
+        .engine
+        .store
+        .list_calls(&id)
+        .await
+        .map_err(EngineError::from)?;
+    let calls: Vec<Value> = calls
+        .iter()
+        .filter(|c| c.owner == user.name)
+        .filter(|c| q.status.as_deref().is_none_or(|s| c.status.as_str() == s))
+        .map(call_json)
+        .collect();
+    Ok(Json(json!({ "session_id": id, "calls": calls })))
+}
+
+/// `GET /v1/audit[?after=ID&limit=N]` (admin): audit entries after `after`, oldest first.
+async fn audit_entries(
+    State(st): State<AppState>,
+    AuthUser(user): AuthUser,
+    q: Result<Query<AfterQuery>, QueryRejection>,
+) -> Result<Json<Value>, AppError> {
+    if user.role != Role::Admin {
+        return Err(AppError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the audit log is for admins",
+        ));
+    }
+    let Query(q) = q?;
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let entries = st
+        .engine
+        .store
+        .read_audit(q.after.as_deref(), limit)
+        .await
+        .map_err(EngineError::from)?;
+    let last = entries.last().map(|(id, _)| id.clone()).or(q.after);
+    let entries: Vec<Value> = entries
+        .into_iter()
+        .map(|(id, e)| {
+            let mut v = serde_json::to_value(e).unwrap_or(Value::Null);
+            v["id"] = json!(id);
+            v
+        })
+        .collect();
+    Ok(Json(json!({ "entries": entries, "last_id": last })))
 }
 
 #[derive(Deserialize)]

@@ -6,6 +6,7 @@ pub mod api;
 pub mod auth;
 pub mod bench;
 pub mod calls;
+pub mod client;
 pub mod config;
 pub mod doctor;
 pub mod embedded_redis;
@@ -18,5 +19,6 @@ pub mod quota;
 pub mod sandbox;
 pub mod server;
 pub mod store;
+pub mod web;
 
 pub use airlock_executor::protocol;

@@ -71,6 +71,18 @@ enum Command {
     /// Measure Airlock's latency against plain Docker.
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// Chat with the agent in a session: streamed answers, each proposed call's diff or
+    /// command with approve / deny, live output. Token: AIRLOCK_TOKEN or ~/.config/airlock/token.
+    Chat(airlock::client::ChatArgs),
+    /// Your sessions on a server (for scripts).
+    #[command(subcommand)]
+    Sessions(airlock::client::SessionsCmd),
+    /// Tool calls on a server: list those waiting for approval, approve or deny one.
+    #[command(subcommand)]
+    Calls(airlock::client::CallsCmd),
+    /// The server's audit log (admins).
+    #[command(subcommand)]
+    Audit(airlock::client::AuditCmd),
 }
 
 #[derive(Subcommand)]
@@ -353,6 +365,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("removed {n} leftover container(s)");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Chat(args) => Ok(airlock::client::chat::run(args).await?),
+        Command::Sessions(cmd) => Ok(airlock::client::sessions_cmd(cmd).await?),
+        Command::Calls(cmd) => Ok(airlock::client::calls_cmd(cmd).await?),
+        Command::Audit(cmd) => Ok(airlock::client::audit_cmd(cmd).await?),
         Command::Bench(BenchCmd::Sandbox { n, image, runtime }) => {
             let sandbox = Sandbox::new(&SandboxConfig {
                 docker_endpoint: cli.docker,

@@ -2,6 +2,7 @@
 
 mod agent;
 mod api;
+mod clients;
 mod deploy;
 mod escapes;
 mod exhaustion;
