@@ -1,41 +1,46 @@
 #!/usr/bin/env bash
-# Builds the stack's images, then removes the build layers earlier builds left behind.
+# Builds the stack's images (the same as `docker-compose build`, with two additions), then
+# removes the build layers earlier builds left behind.
 #
-# The orchestrator image compiles Airlock in a build stage whose first layer holds the compiled
-# dependencies (keyed by a hash of Cargo.lock and the manifests, DEPS_KEY): it is reused until
-# they change. The build stage is tagged airlock-build-cache:latest so the layers of the current
-# build are kept; layers of earlier builds (and dependency layers for other keys) are removed.
-# Only images labelled by compose/Dockerfile or compose/redis/Dockerfile are touched.
+# - The orchestrator image compiles Airlock in a build stage whose first layer holds the
+#   compiled dependencies, keyed by a hash of Cargo.lock, the manifests and the builder image
+#   (DEPS_KEY): it is reused until they change. The build stage is tagged
+#   airlock-build-cache:latest so the current build's layers are kept as cache; earlier builds'
+#   layers (and dependency layers for other keys) are removed. Only images labelled by
+#   compose/Dockerfile or compose/redis/Dockerfile are touched.
+# - AIRLOCK_BUILD_CPU_SHARES (e.g. 256) lowers the compile's CPU priority on a busy host.
 #
-# Usage: bash compose/build.sh [docker-compose build options]
-# Environment: AIRLOCK_COMPOSE_ENV (the env file, default compose/.env), COMPOSE_PROJECT_NAME.
+# Environment: AIRLOCK_COMPOSE_ENV (the env file, default compose/.env; the environment
+# overrides it, as in compose), and the variables of .env.example.
 set -euo pipefail
 cd "$(dirname "$0")"
-# compose's env file (AIRLOCK_COMPOSE_ENV, default .env), without overriding what the
-# environment already sets (as compose does).
 env_file=${AIRLOCK_COMPOSE_ENV:-.env}
 if [ -f "$env_file" ]; then
   while IFS='=' read -r k v; do
     [[ $k =~ ^[A-Z_][A-Z0-9_]*$ ]] && [ -z "${!k+x}" ] && export "$k=$v"
   done < "$env_file"
-  env_args=(--env-file "$env_file")
-else
-  env_args=()
 fi
-if command -v docker-compose >/dev/null; then compose=(docker-compose); else compose=(docker compose); fi
-compose+=("${env_args[@]}")
-export DEPS_KEY
-DEPS_KEY=$(cd .. && cat Cargo.lock Cargo.toml orchestrator/Cargo.toml executor-image/Cargo.toml \
-  tests/Cargo.toml | sha256sum | cut -c1-16)
+builder=${BUILDER_IMAGE:-rust:1-bookworm}
+DEPS_KEY=$( (cd .. && cat Cargo.lock Cargo.toml orchestrator/Cargo.toml executor-image/Cargo.toml \
+  tests/Cargo.toml; docker image inspect -f '{{.Id}}' "$builder" 2>/dev/null || true) \
+  | sha256sum | cut -c1-16)
+common=(--force-rm)
+[ -z "${AIRLOCK_BUILD_CPU_SHARES:-}" ] || common+=(--cpu-shares "$AIRLOCK_BUILD_CPU_SHARES")
+args=(--build-arg "BUILDER_IMAGE=$builder"
+      --build-arg "RUNTIME_IMAGE=${RUNTIME_IMAGE:-debian:bookworm-slim}"
+      --build-arg "DEPS_KEY=$DEPS_KEY")
 
-echo "==> building the orchestrator's build stage (dependency layer key $DEPS_KEY)"
-docker build -q --force-rm -f Dockerfile --target build -t airlock-build-cache:latest \
-  --build-arg "BUILDER_IMAGE=${BUILDER_IMAGE:-rust:1-bookworm}" \
-  --build-arg "DEPS_KEY=$DEPS_KEY" .. >/dev/null
-echo "==> building the stack's images"
-"${compose[@]}" build --force-rm "$@"
+echo "==> compiling Airlock (build stage; dependency layer key $DEPS_KEY)"
+docker build "${common[@]}" "${args[@]}" -f Dockerfile --target build \
+  -t airlock-build-cache:latest ..
+echo "==> building ${AIRLOCK_IMAGE:-airlock:local}"
+docker build "${common[@]}" "${args[@]}" -f Dockerfile -t "${AIRLOCK_IMAGE:-airlock:local}" ..
+echo "==> building ${AIRLOCK_REDIS_IMAGE:-airlock-redis:local}"
+docker build "${common[@]}" --build-arg "REDIS_IMAGE=${REDIS_IMAGE:-redis:7-bookworm}" \
+  -t "${AIRLOCK_REDIS_IMAGE:-airlock-redis:local}" redis
 
 echo "==> removing stale build layers"
+prev=
 for _ in $(seq 1 100); do
   # Earlier builds' layers: untagged leaves labelled by our Dockerfiles. --no-prune keeps their
   # parents until they are leaves themselves, so the current dependency layer stays.
@@ -46,7 +51,7 @@ for _ in $(seq 1 100); do
     [ -n "$key" ] && [ "$key" != "$DEPS_KEY" ] && ids="$ids $id"
   done
   ids=$(echo $ids | tr ' ' '\n' | sort -u)
-  [ -n "$ids" ] && [ "$ids" != "${prev:-}" ] || break
+  [ -n "$ids" ] && [ "$ids" != "$prev" ] || break
   prev=$ids
   # shellcheck disable=SC2086
   docker rmi --no-prune $ids >/dev/null 2>&1 || true

@@ -9,6 +9,8 @@
 #                                  offline: CARGO_NET_OFFLINE=true)
 #   airlock-local/runtime:latest   glibc + libgcc: the orchestrator image's final stage
 #   airlock-local/redis:latest     redis-server, redis-cli, setpriv, their libraries, busybox
+#   airlock-local/haproxy:latest   only when asked for (`haproxy`): haproxy and its libraries,
+#                                  for docker-compose.socket-proxy.yml (apt-get install haproxy)
 #
 # Then build the stack with them (compose/.env, see .env.example):
 #   BUILDER_IMAGE=airlock-local/builder:latest
@@ -21,8 +23,8 @@
 # The cargo registry cache must hold every crate of Cargo.lock: build the workspace on this host
 # once (scripts/test.sh does) before building the stack.
 #
-# Usage: bash compose/local-bases.sh [--force] [builder] [runtime] [redis]
-#   (no names: all three; an imported image that exists is kept unless --force)
+# Usage: bash compose/local-bases.sh [--force] [builder] [runtime] [redis] [haproxy]
+#   (no names: the first three; an imported image that exists is kept unless --force)
 set -euo pipefail
 cd "$(dirname "$0")"
 force=0
@@ -30,7 +32,7 @@ kinds=()
 for a in "$@"; do
   case "$a" in
     --force) force=1 ;;
-    builder|runtime|redis) kinds+=("$a") ;;
+    builder|runtime|redis|haproxy) kinds+=("$a") ;;
     *) echo "unknown argument: $a" >&2; exit 2 ;;
   esac
 done
@@ -46,6 +48,10 @@ if [ ${#need[@]} -gt 0 ]; then
   exit 1
 fi
 cargo_home=${CARGO_HOME:-$HOME/.cargo}
+if [[ " ${kinds[*]} " == *" haproxy "* ]] && ! command -v haproxy >/dev/null; then
+  echo "haproxy is not installed on this host: apt-get install haproxy" >&2
+  exit 1
+fi
 if [[ " ${kinds[*]} " == *" builder "* ]]; then
   command -v rustc >/dev/null || { echo "no Rust toolchain on this host (rustc): install it with rustup" >&2; exit 1; }
   [ -d "$cargo_home/registry/index" ] && [ -d "$cargo_home/registry/cache" ] || {
@@ -81,6 +87,7 @@ for kind in "${kinds[@]}"; do
   case "$kind" in
     runtime) import runtime airlock-local/runtime:latest --change "$path" ;;
     redis) import redis airlock-local/redis:latest --change "$path" --change 'CMD ["redis-server"]' ;;
+    haproxy) import haproxy airlock-local/haproxy:latest --change "$path" ;;
     builder)
       import builder airlock-local/builder-base:latest \
         --change 'ENV PATH=/usr/local/rust/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \

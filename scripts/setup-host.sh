@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # Prepares a Debian/Ubuntu Docker host for Airlock: installs what is missing (busybox-static
-# for the sandbox image, redis-server for state, runsc for gVisor; for the client tests tmux,
-# chromium and chromium-driver, with a font for screenshots), makes sure the Docker engine
-# answers, and registers runsc with it. Idempotent; installing needs root.
+# for the sandbox image, redis-server for state, runsc for gVisor; with --tests also what the
+# tests need: tmux, chromium and chromium-driver with a font for screenshots for the client
+# tests, haproxy for the compose socket-proxy test), makes sure the Docker engine answers, and
+# registers runsc with it. Idempotent; installing needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 
+packages=(busybox-static redis-server runsc)
+if [ "${1:-}" = --tests ]; then
+  packages+=(tmux chromium chromium-driver fonts-dejavu-core haproxy)
+fi
 missing=()
-for pkg in busybox-static redis-server runsc tmux chromium chromium-driver fonts-dejavu-core; do
+for pkg in "${packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -4,7 +4,7 @@
 # runs the whole workspace's tests. Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup-host.sh
+bash scripts/setup-host.sh --tests
 triple="$(uname -m)-unknown-linux-gnu"
 echo "==> building the static executor"
 cargo rustc -q --release -p airlock-executor --bin airlock-executor --target "$triple" \

@@ -8,6 +8,8 @@ already on this Debian/Ubuntu host. No registry, no network.
                                    `airlock` binary (like debian:bookworm-slim, minus the rest)
     make-base.py redis OUT.tar     redis-server, redis-cli, setpriv and their shared libraries,
                                    a static busybox as /bin/sh (like redis:7, minus the rest)
+    make-base.py haproxy OUT.tar   haproxy and its shared libraries (for the Docker socket proxy
+                                   of docker-compose.socket-proxy.yml; like haproxy:2.6)
 
 Files are taken from installed Debian packages (with their dependencies) or found with ldd, and
 written with canonical paths (this host is /usr-merged: /bin, /lib, /lib64 and /sbin are
@@ -202,7 +204,7 @@ def busybox_applets(fs, into="/usr/bin"):
 
 
 def main():
-    if len(sys.argv) != 3 or sys.argv[1] not in ("builder", "runtime", "redis"):
+    if len(sys.argv) != 3 or sys.argv[1] not in ("builder", "runtime", "redis", "haproxy"):
         sys.exit(__doc__)
     kind, out = sys.argv[1], sys.argv[2]
     fs = Rootfs(out)
@@ -210,6 +212,10 @@ def main():
         for f in package_files(closure(["libc6", "libgcc-s1"])):
             fs.host(f)
         fs.etc()
+    elif kind == "haproxy":
+        for f in ldd_files(["/usr/sbin/haproxy"]):
+            fs.host(f)
+        fs.etc("haproxy:x:99:99:haproxy:/var/lib/haproxy:/usr/sbin/nologin\n")
     elif kind == "redis":
         # setpriv (util-linux, as in the official image) drops root after reading the secret.
         for f in ldd_files(["/usr/bin/redis-server", "/usr/bin/redis-cli", "/usr/bin/setpriv"]):

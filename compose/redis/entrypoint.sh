@@ -18,10 +18,15 @@ fi
 hash=$(printf %s "$pw" | sha256sum | cut -d ' ' -f 1)
 umask 077
 mkdir -p /run/redis
+# Without CAP_DAC_OVERRIDE root cannot enter a 0700 directory it does not own: take /run/redis
+# back (it is 999's after a restart), write the file, then hand both to 999, file first.
+chown 0:0 /run/redis
 printf 'user default off\nuser airlock on #%s ~%s* &* +@all -@dangerous +info\n' \
   "$hash" "$prefix" > /run/redis/users.acl
-chown 999:999 /data /run/redis /run/redis/users.acl
-exec setpriv --reuid=999 --regid=999 --clear-groups \
+chown 999:999 /run/redis/users.acl
+chown 999:999 /run/redis /data
+# By path: a busybox shell would run its own (smaller) setpriv applet for a bare name.
+exec /usr/bin/setpriv --reuid=999 --regid=999 --clear-groups \
   redis-server \
   --port 6379 \
   --protected-mode no \

@@ -457,6 +457,10 @@ mod tests {
         assert_eq!(c.limits, d.limits);
         assert_eq!(c.listen, d.listen);
         assert_eq!(c.llm, d.llm);
+        assert_eq!(c.log_format, d.log_format);
+        assert_eq!(c.redis.prefix, d.redis.prefix);
+        let j: Config = parse_toml("c.toml", "log_format = \"json\"\n").unwrap();
+        assert_eq!(j.log_format, crate::logging::LogFormat::Json);
     }
 
     #[test]

@@ -117,6 +117,8 @@ impl Report {
                 sections.push(c.section);
             }
         }
+        // The usual order, whatever order the checks ran in; other sections after them.
+        sections.sort_by_key(|s| ORDER.iter().position(|o| o == s).unwrap_or(ORDER.len()));
         let mut out = String::new();
         for s in sections {
             out += s;
@@ -154,6 +156,7 @@ pub const DOCKER: &str = "Docker engine";
 pub const IMAGE: &str = "Executor image";
 pub const LIMITS: &str = "Sandbox limits";
 pub const REDIS: &str = "Redis";
+const ORDER: [&str; 7] = [CONFIG, POLICY, WORKSPACES, DOCKER, IMAGE, LIMITS, REDIS];
 
 /// How the executor image is built (the fix for a missing or stale image).
 const BUILD_IMAGE: &str =
@@ -162,13 +165,14 @@ const BUILD_IMAGE: &str =
 /// Runs every check for `config` (already loaded) into `report`.
 pub async fn check(report: &mut Report, config: &Config, probe_dir: Option<&Path>) {
     let policy = check_policy(report, config);
+    let docker = check_docker(report, config, policy.as_ref()).await;
+    let rootless = docker.as_ref().is_some_and(|(_, rootless)| *rootless);
     if let Some(p) = &policy {
-        check_workspaces(report, p);
+        check_workspaces(report, p, rootless);
     } else {
         report.skip(WORKSPACES, "not checked: the policy does not load");
     }
-    let docker = check_docker(report, config, policy.as_ref()).await;
-    match docker {
+    match docker.map(|(d, _)| d) {
         Some(docker) => {
             let image_ok = check_image(report, &docker, config, policy.as_ref()).await;
             if image_ok {
@@ -233,6 +237,18 @@ fn indent(text: &str, n: usize) -> String {
 /// Checks one workspace directory: exists, absolute, a directory, owned by the user's uid
 /// (so never by root), not world-writable. `Err` carries the message and the fix.
 pub fn check_workspace(dir: &Path, uid: u32, gid: u32) -> Result<String, (String, String)> {
+    check_workspace_with(dir, uid, gid, false)
+}
+
+/// [`check_workspace`]; under rootless Docker the container's uid maps to a subordinate uid on
+/// the host, so the owner is not compared with the policy's uid (root and world-writable still
+/// are refused).
+pub fn check_workspace_with(
+    dir: &Path,
+    uid: u32,
+    gid: u32,
+    rootless: bool,
+) -> Result<String, (String, String)> {
     let shown = dir.display();
     let create = format!("mkdir -p {shown} && chown {uid}:{gid} {shown} && chmod 750 {shown}");
     if !dir.is_absolute() {
@@ -263,6 +279,18 @@ pub fn check_workspace(dir: &Path, uid: u32, gid: u32) -> Result<String, (String
             format!("chown -R {uid}:{gid} {shown}"),
         ));
     }
+    if rootless && meta.uid() != uid {
+        if mode & 0o002 != 0 {
+            return Err((
+                format!("{shown} is world-writable (mode {mode:04o})"),
+                format!("chmod o-w {shown}"),
+            ));
+        }
+        return Ok(format!(
+            "{shown} (owner uid {}; rootless Docker maps the tools' uid {uid} to a subordinate uid, so the owner is not compared)",
+            meta.uid()
+        ));
+    }
     if meta.uid() != uid {
         return Err((
             format!(
@@ -286,13 +314,13 @@ pub fn check_workspace(dir: &Path, uid: u32, gid: u32) -> Result<String, (String
     ))
 }
 
-fn check_workspaces(report: &mut Report, policy: &Policy) {
+fn check_workspaces(report: &mut Report, policy: &Policy, rootless: bool) {
     if policy.users().is_empty() {
         report.skip(WORKSPACES, "no users, no workspaces");
         return;
     }
     for u in policy.users() {
-        match check_workspace(&u.workspace, u.uid, u.gid) {
+        match check_workspace_with(&u.workspace, u.uid, u.gid, rootless) {
             Ok(m) => report.ok(WORKSPACES, format!("{}: {m}", u.name)),
             Err((m, fix)) => report.fail(WORKSPACES, format!("{}: {m}", u.name), fix),
         }
@@ -310,11 +338,12 @@ fn endpoint_shown(config: &Config) -> String {
         .unwrap_or_else(|| "unix:///var/run/docker.sock".into())
 }
 
+/// The engine (when reachable) and whether it is rootless Docker.
 async fn check_docker(
     report: &mut Report,
     config: &Config,
     policy: Option<&Policy>,
-) -> Option<Docker> {
+) -> Option<(Docker, bool)> {
     let endpoint = endpoint_shown(config);
     let docker = match tokio::time::timeout(
         Duration::from_secs(10),
@@ -469,13 +498,14 @@ async fn check_docker(
             "use a Docker engine built with seccomp (Debian/Ubuntu's docker.io is)",
         );
     }
-    if secopts.iter().any(|o| o.contains("name=rootless")) {
+    let rootless = secopts.iter().any(|o| o.contains("name=rootless"));
+    if rootless {
         report.ok(
             DOCKER,
             "rootless Docker: the engine runs without root on the host",
         );
     }
-    Some(docker)
+    Some((docker, rootless))
 }
 
 /// Checks the executor image (and any image the policy names); true when the executor
@@ -545,37 +575,68 @@ async fn check_image(
     main_ok
 }
 
-/// A scratch workspace for the probes, owned by the uid they run as.
+/// The directory mounted (read-only) as the probes' workspace, and the uid they run as.
 struct ProbeDir {
     path: PathBuf,
     uid: u32,
     gid: u32,
+    /// Made by us (and removed afterwards), or the caller's.
+    ours: bool,
 }
 
 impl ProbeDir {
-    fn new(base: Option<&Path>) -> std::io::Result<ProbeDir> {
-        let base = base
-            .map(Path::to_path_buf)
-            .unwrap_or_else(std::env::temp_dir);
-        let path = base.join(format!("airlock-doctor-{}", uuid::Uuid::new_v4().simple()));
+    /// `given`: an existing host directory (nothing is written to it: the probes mount it
+    /// read-only), run as its owner (the sandbox user when root owns it). Otherwise a new
+    /// directory in TMPDIR.
+    fn new(given: Option<&Path>) -> std::io::Result<ProbeDir> {
+        let sandbox_id = crate::sandbox::image::SANDBOX_UID;
+        if let Some(dir) = given {
+            let dir = std::fs::canonicalize(dir)?;
+            let meta = std::fs::metadata(&dir)?;
+            if !meta.is_dir() {
+                return Err(std::io::Error::other(format!(
+                    "{} is not a directory",
+                    dir.display()
+                )));
+            }
+            let (uid, gid) = if meta.uid() == 0 {
+                (sandbox_id, sandbox_id)
+            } else {
+                (meta.uid(), meta.gid().max(1))
+            };
+            return Ok(ProbeDir {
+                path: dir,
+                uid,
+                gid,
+                ours: false,
+            });
+        }
+        let path =
+            std::env::temp_dir().join(format!("airlock-doctor-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&path)?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
         // SAFETY: no preconditions.
         let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
         let (uid, gid) = if euid == 0 {
-            let id = crate::sandbox::image::SANDBOX_UID;
-            std::os::unix::fs::chown(&path, Some(id), Some(id))?;
-            (id, id)
+            std::os::unix::fs::chown(&path, Some(sandbox_id), Some(sandbox_id))?;
+            (sandbox_id, sandbox_id)
         } else {
             (euid, egid)
         };
-        Ok(ProbeDir { path, uid, gid })
+        Ok(ProbeDir {
+            path,
+            uid,
+            gid,
+            ours: true,
+        })
     }
 }
 
 impl Drop for ProbeDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
+        if self.ours {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
     }
 }
 
@@ -675,7 +736,7 @@ async fn check_limits(
             report.fail(
                 LIMITS,
                 format!("cannot make a scratch workspace for the probes: {e}"),
-                "pass --probe-dir DIR (a host directory the Docker daemon sees at the same path)",
+                "pass --probe-dir DIR: an existing directory the Docker daemon sees at the same path (mounted read-only; in the compose stack, the workspaces root)",
             );
             return;
         }

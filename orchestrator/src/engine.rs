@@ -205,7 +205,7 @@ impl Engine {
         // The agent's conversation and turn lock go with it (after the session, so a turn still
         // running cannot write them back).
         if let Err(e) = self.store.delete_agent_state(id).await {
-            tracing::warn!(session = %id, error = %e, "could not delete the session's agent history");
+            tracing::warn!(session_id = %id, error = %e, "could not delete the session's agent history");
         }
         Ok(())
     }
@@ -740,7 +740,7 @@ impl Engine {
         let _slot = slot;
         let id = rec.id.clone();
         if let Err(e) = self.execute_inner(&user, &rec).await {
-            tracing::warn!(call = %id, error = %e, "call failed before it could finish");
+            tracing::warn!(call_id = %id, error = %e, "call failed before it could finish");
             self.discard_prepared(&id);
             let msg = e.to_string();
             let audit = self.audit(&rec, "system", "failed", "error");

@@ -51,8 +51,9 @@ enum Command {
         /// The server's TOML config. Without it: the defaults.
         #[arg(long, short)]
         config: Option<PathBuf>,
-        /// Host directory for the probe containers' scratch workspace (it must be visible to
-        /// the Docker daemon at the same path). Default: a new directory in TMPDIR.
+        /// An existing directory to mount, read-only, as the probe containers' workspace
+        /// (the Docker daemon must see it at the same path: in the compose stack, the
+        /// workspaces root). Nothing is written to it. Default: a new directory in TMPDIR.
         #[arg(long)]
         probe_dir: Option<PathBuf>,
     },

@@ -358,7 +358,7 @@ impl Agent {
         // that event at once is not refused.
         self.forget(&sid, &h.turn_id);
         if let Err(e) = store.end_turn(&sid, &h.turn_id).await {
-            tracing::warn!(error = %e, session = %sid, "could not release the turn lock; it lapses by itself");
+            tracing::warn!(error = %e, session_id = %sid, "could not release the turn lock; it lapses by itself");
         }
         let _ = store
             .append_event(
@@ -730,7 +730,7 @@ impl Turn<'_> {
                 }
                 // Repeated while waiting: covers a call between `approved` and `running`.
                 if let Err(e) = self.agent.engine.cancel(self.user, &cid).await {
-                    tracing::debug!(call = %cid, error = %e, "cancel did not apply (yet)");
+                    tracing::debug!(call_id = %cid, error = %e, "cancel did not apply (yet)");
                 }
             }
             let evs = if first {

@@ -110,15 +110,19 @@ impl Default for SandboxConfig {
 
 /// Connects to the Docker engine and negotiates the API version (the engine may be older).
 pub async fn connect_docker(endpoint: Option<&str>) -> Result<Docker, SandboxError> {
-    let shown = endpoint
+    // DOCKER_HOST is read here rather than by bollard's local defaults, which honour it only
+    // for unix:// (a tcp:// socket proxy would silently be bypassed for the local socket).
+    let endpoint = endpoint
         .map(str::to_string)
-        .or_else(|| std::env::var("DOCKER_HOST").ok())
+        .or_else(|| std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()));
+    let shown = endpoint
+        .clone()
         .unwrap_or_else(|| "unix:///var/run/docker.sock".to_string());
     let unreachable = |source| SandboxError::DockerUnreachable {
         endpoint: shown.clone(),
         source,
     };
-    let docker = match endpoint {
+    let docker = match endpoint.as_deref() {
         None => Docker::connect_with_local_defaults(),
         Some(e) if e.starts_with("unix://") || e.starts_with('/') => {
             Docker::connect_with_unix(e, 120, bollard::API_DEFAULT_VERSION)

@@ -498,3 +498,393 @@ async fn doctor_names_a_stopped_redis_a_missing_image_and_a_root_owned_workspace
         "{report}"
     );
 }
+
+// ---- the compose deployment -----------------------------------------------------------------
+
+/// Runs a command in its own process group; kills the group if it outlives `limit`. Output goes
+/// to `log` (appended). Panics with the log's end when it fails.
+fn run_bounded(cmd: &mut Command, limit: Duration, log: &Path, what: &str) {
+    use std::os::unix::process::CommandExt;
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log file");
+    let err = out.try_clone().expect("log file");
+    let mut child = cmd
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if Instant::now() > deadline {
+            // SAFETY: kill(2) on the process group we created.
+            unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL) };
+            let _ = child.wait();
+            panic!(
+                "{what}: still running after {limit:?}; the end of {}:\n{}",
+                log.display(),
+                log_tail(log)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        status.success(),
+        "{what}: {status}; the end of {}:\n{}",
+        log.display(),
+        log_tail(log)
+    );
+}
+
+fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(60)..].join("\n")
+}
+
+/// One compose project on this machine, taken down (with its volumes) when dropped.
+struct ComposeProject {
+    dir: tempfile::TempDir,
+    env_file: PathBuf,
+    vars: Vec<(String, String)>,
+    instance: String,
+    executor_tag: String,
+    log: PathBuf,
+}
+
+impl ComposeProject {
+    fn command(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
+        c.current_dir(repo_root().join("compose"));
+        for (k, v) in &self.vars {
+            c.env(k, v);
+        }
+        c.env("AIRLOCK_COMPOSE_ENV", &self.env_file);
+        c
+    }
+
+    /// `docker-compose` for this project: the base file, and with `proxy` the socket-proxy
+    /// variant on top.
+    fn compose(&self, proxy: bool) -> Command {
+        let mut c = self.command("docker-compose");
+        c.arg("--env-file").arg(&self.env_file);
+        c.args(["-f", "docker-compose.yml"]);
+        if proxy {
+            c.args(["-f", "docker-compose.socket-proxy.yml"]);
+        }
+        c
+    }
+
+    /// `up -d`, bounded.
+    fn up(&self, proxy: bool) {
+        let mut up = self.compose(proxy);
+        up.args(["up", "-d"]);
+        run_bounded(
+            &mut up,
+            Duration::from_secs(300),
+            &self.log,
+            "docker-compose up",
+        );
+    }
+
+    /// Waits (up to 180 s) for `/readyz` on the published port.
+    async fn wait_ready(&self, api: &Api, proxy: bool) {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            let ready = api
+                .http
+                .get(api.url("/readyz"))
+                .timeout(Duration::from_secs(3))
+                .send()
+                .await
+                .map(|r| r.status().is_success())
+                .unwrap_or(false);
+            if ready {
+                return;
+            }
+            if Instant::now() > deadline {
+                let logs = self
+                    .compose(proxy)
+                    .args(["logs", "--tail", "40"])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+                    .unwrap_or_default();
+                panic!("the compose stack was not ready within 180 s:\n{logs}");
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Runs a command in a service's container; returns (success, stdout + stderr).
+    fn exec(&self, proxy: bool, service: &str, args: &[&str]) -> (bool, String) {
+        let out = self
+            .compose(proxy)
+            .args(["exec", "-T", service])
+            .args(args)
+            .output()
+            .expect("docker-compose exec");
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+}
+
+impl Drop for ComposeProject {
+    fn drop(&mut self) {
+        let mut down = self.compose(true);
+        down.args(["down", "-v", "--remove-orphans", "--timeout", "30"]);
+        let _ = down.stdout(Stdio::null()).stderr(Stdio::null()).status();
+        airlock_tests::remove_labelled(&self.instance);
+        let _ = Command::new("docker")
+            .args(["rmi", &self.executor_tag])
+            .output();
+        let _ = &self.dir;
+    }
+}
+
+/// The compose stack, built on this machine from locally made base images (no registry):
+/// init.sh (Redis password, policy with a first admin, workspaces), build.sh, `up`, one approved
+/// tool call over HTTP on the published port, `airlock doctor` inside the orchestrator
+/// container, then `down -v`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compose_stack_builds_offline_and_runs_an_approved_call() {
+    let _slot = airlock_tests::docker_slot().await;
+    let dir = tempfile::Builder::new()
+        .prefix("airlock-compose-")
+        .tempdir()
+        .expect("tempdir");
+    // The daemon resolves bind mounts on the host: the temp dir must be traversable.
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let pid = std::process::id();
+    let port = free_port();
+    let instance = format!("compose-test-{pid}");
+    let executor_tag = format!("airlock-executor:compose-test-{pid}");
+    let workspaces = dir.path().join("workspaces");
+    let config_dir = dir.path().join("config");
+    std::fs::create_dir_all(&config_dir).expect("config dir");
+    let vars: Vec<(String, String)> = [
+        ("COMPOSE_PROJECT_NAME", format!("airlocktest{pid}")),
+        ("AIRLOCK_WORKSPACES", workspaces.display().to_string()),
+        ("AIRLOCK_PORT", port.to_string()),
+        ("AIRLOCK_IMAGE", "airlock-compose-test:latest".into()),
+        (
+            "AIRLOCK_REDIS_IMAGE",
+            "airlock-compose-test-redis:latest".into(),
+        ),
+        ("AIRLOCK_EXECUTOR_IMAGE", executor_tag.clone()),
+        ("BUILDER_IMAGE", "airlock-local/builder:latest".into()),
+        ("RUNTIME_IMAGE", "airlock-local/runtime:latest".into()),
+        ("REDIS_IMAGE", "airlock-local/redis:latest".into()),
+        ("AIRLOCK_CONFIG_DIR", config_dir.display().to_string()),
+        (
+            "AIRLOCK_REDIS_PASSWORD_FILE",
+            dir.path()
+                .join("secrets/redis_password")
+                .display()
+                .to_string(),
+        ),
+        ("DOCKER_SOCKET", "/var/run/docker.sock".into()),
+        ("AIRLOCK_BUILD_CPU_SHARES", "256".into()),
+        ("HAPROXY_IMAGE", "airlock-local/haproxy:latest".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let env_file = dir.path().join("test.env");
+    std::fs::write(
+        &env_file,
+        vars.iter()
+            .filter(|(k, _)| k != "COMPOSE_PROJECT_NAME")
+            .map(|(k, v)| format!("{k}={v}\n"))
+            .collect::<String>(),
+    )
+    .expect("env file");
+    // The committed config, pointed at this run's executor image and container label.
+    let config = std::fs::read_to_string(repo_root().join("compose/config/airlock.toml"))
+        .expect("compose/config/airlock.toml");
+    let config: String = config
+        .lines()
+        .map(|l| {
+            if l.starts_with("image = ") {
+                format!("image = \"{executor_tag}\"")
+            } else if l.starts_with("instance = ") {
+                format!("instance = \"{instance}\"")
+            } else if l.starts_with("allowed_origins = ") {
+                format!("allowed_origins = [\"http://127.0.0.1:{port}\"]")
+            } else {
+                l.to_string()
+            }
+        })
+        .map(|l| l + "\n")
+        .collect();
+    std::fs::write(config_dir.join("airlock.toml"), config).expect("config");
+    let log = dir.path().join("compose.log");
+    let project = ComposeProject {
+        env_file,
+        vars,
+        instance,
+        executor_tag,
+        log: log.clone(),
+        dir,
+    };
+
+    // Offline bases from this host's files, then the images, then the files init.sh makes.
+    let mut bases = project.command("bash");
+    bases.args(["local-bases.sh", "builder", "runtime", "redis", "haproxy"]);
+    run_bounded(
+        &mut bases,
+        Duration::from_secs(15 * 60),
+        &log,
+        "compose/local-bases.sh",
+    );
+    let mut build = project.command("bash");
+    build.arg("build.sh");
+    run_bounded(
+        &mut build,
+        Duration::from_secs(45 * 60),
+        &log,
+        "compose/build.sh",
+    );
+    let mut init = project.command("bash");
+    init.arg("init.sh");
+    run_bounded(
+        &mut init,
+        Duration::from_secs(5 * 60),
+        &log,
+        "compose/init.sh",
+    );
+    let secrets = project.dir.path().join("secrets");
+    let token = std::fs::read_to_string(secrets.join("admin-token"))
+        .expect("init.sh keeps the admin token")
+        .trim()
+        .to_string();
+    let pw_mode = std::fs::metadata(secrets.join("redis_password"))
+        .expect("the Redis password")
+        .permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&pw_mode) & 0o077,
+        0,
+        "the Redis password file is private"
+    );
+
+    // 1. The default stack: the orchestrator uses the Docker socket.
+    project.up(false);
+    let api = Api::new(format!("http://127.0.0.1:{port}"));
+    project.wait_ready(&api, false).await;
+
+    // One approved call through the published port; the file lands in the host workspace.
+    approved_write(
+        &api,
+        &token,
+        "from-compose.txt",
+        "written through compose\n",
+    )
+    .await;
+    assert_eq!(
+        std::fs::read_to_string(workspaces.join("admin/from-compose.txt"))
+            .ok()
+            .as_deref(),
+        Some("written through compose\n")
+    );
+
+    // Redis: no access without the ACL user's password (the default user is off).
+    let (_, anonymous) = project.exec(false, "redis", &["redis-cli", "ping"]);
+    assert!(
+        !anonymous.contains("PONG"),
+        "Redis answers without a password: {anonymous}"
+    );
+
+    // airlock doctor inside the orchestrator container: everything healthy, AOF on.
+    let ws = workspaces.display().to_string();
+    let doctor = [
+        "airlock",
+        "doctor",
+        "--config",
+        "/etc/airlock/airlock.toml",
+        "--probe-dir",
+        ws.as_str(),
+    ];
+    let (ok, report) = project.exec(false, "airlock", &doctor);
+    assert!(ok, "doctor in the compose stack:\n{report}");
+    assert!(report.contains("persistence: AOF is on"), "{report}");
+
+    // 2. The socket-proxy variant: same data (the volumes stay), no socket in the orchestrator.
+    let mut stop = project.compose(false);
+    stop.args(["down", "--timeout", "30"]);
+    run_bounded(
+        &mut stop,
+        Duration::from_secs(120),
+        &log,
+        "docker-compose down",
+    );
+    project.up(true);
+    project.wait_ready(&api, true).await;
+    approved_write(
+        &api,
+        &token,
+        "via-proxy.txt",
+        "written through the socket proxy\n",
+    )
+    .await;
+    assert_eq!(
+        std::fs::read_to_string(workspaces.join("admin/via-proxy.txt"))
+            .ok()
+            .as_deref(),
+        Some("written through the socket proxy\n")
+    );
+    let busybox = "/usr/local/lib/airlock/busybox";
+    let (has_socket, _) = project.exec(
+        true,
+        "airlock",
+        &[busybox, "test", "-S", "/var/run/docker.sock"],
+    );
+    assert!(!has_socket, "the orchestrator still has the Docker socket");
+    let fetch = |path: &str| {
+        project.exec(
+            true,
+            "airlock",
+            &[
+                busybox,
+                "wget",
+                "-q",
+                "-O",
+                "-",
+                &format!("http://docker-proxy:2375{path}"),
+            ],
+        )
+    };
+    let (ok, version) = fetch("/v1.41/version");
+    assert!(ok && version.contains("ApiVersion"), "{version}");
+    for refused in [
+        "/v1.41/volumes",
+        "/v1.41/networks",
+        "/v1.41/containers/x/export",
+        "/v1.41/plugins",
+    ] {
+        let (ok, out) = fetch(refused);
+        assert!(
+            !ok && out.contains("403"),
+            "the proxy let {refused} through: {out}"
+        );
+    }
+    let (ok, report) = project.exec(true, "airlock", &doctor);
+    assert!(ok, "doctor through the socket proxy:\n{report}");
+
+    drop(project);
+}
