@@ -84,6 +84,9 @@ pub struct Engine {
     tasks: TaskTracker,
     /// Cancelled at shutdown: ends background watchers.
     stop: CancellationToken,
+    /// This process's hold on the instance's lease in Redis (set by `server::build`), given
+    /// up at shutdown.
+    lease: Mutex<Option<String>>,
 }
 
 impl Engine {
@@ -108,7 +111,30 @@ impl Engine {
             metrics: Metrics::default(),
             tasks: TaskTracker::new(),
             stop: CancellationToken::new(),
+            lease: Mutex::new(None),
         })
+    }
+
+    /// Records that this process holds the instance's lease as `holder` (renewed by
+    /// [`Engine::renew_lease`], released at shutdown).
+    pub fn set_lease_holder(&self, holder: String) {
+        *self.lease.lock().expect("lease lock") = Some(holder);
+    }
+
+    /// Renews the instance's lease. A lease another process holds now means two orchestrators
+    /// use the same instance name on one Redis: said loudly, never taken back by force.
+    pub async fn renew_lease(&self) {
+        let Some(holder) = self.lease.lock().expect("lease lock").clone() else {
+            return;
+        };
+        match self.store.renew_instance(&holder).await {
+            Ok(true) => {}
+            Ok(false) => tracing::error!(
+                instance = %self.store.instance(),
+                "another orchestrator holds this instance's lease: each orchestrator sharing a Redis needs its own `instance` name"
+            ),
+            Err(e) => tracing::debug!(error = %e, "could not renew the instance lease"),
+        }
     }
 
     pub fn policy(&self) -> Arc<Policy> {
@@ -133,31 +159,103 @@ impl Engine {
         self.policy_error.lock().expect("policy error lock").clone()
     }
 
-    /// After a restart: calls that were running are failed, leftover containers removed.
-    /// Pending approvals stay pending; approving one starts a fresh container.
+    /// After a restart: calls this instance was running (and calls of instances that are gone)
+    /// are failed, this instance's leftover containers removed. Pending approvals stay pending;
+    /// approving one starts a fresh container. Calls that another live orchestrator is running
+    /// are left to it.
     pub async fn recover(&self) -> Result<(usize, usize), EngineError> {
+        let me = self.store.instance().to_string();
         let mut failed = 0;
-        for id in self.store.running_calls().await? {
-            let audit = self.audit_for_id(&id, "system", "interrupted").await;
-            let r = self
-                .store
-                .transition(
-                    &id,
-                    CallStatus::Failed,
-                    &[(
-                        "error",
-                        json!({"code": "interrupted", "message": "the orchestrator restarted while the call was running; its outcome is unknown"}).to_string(),
-                    )],
-                    Some(("call_finished", json!({"call_id": id, "status": "failed", "error": {"code": "interrupted", "message": "the orchestrator restarted while the call was running"}}))),
-                    audit.as_ref(),
-                )
-                .await;
-            if r.is_ok() {
+        let mut alive: HashMap<String, bool> = HashMap::new();
+        for (id, runner) in self.store.inflight_calls().await? {
+            let orphaned = match runner.as_deref() {
+                // Moved in flight before runners were recorded: nobody can be running it now
+                // but a server of that version, which a restart replaced.
+                None => true,
+                Some(r) if r == me => true,
+                Some(r) => !self.instance_alive(&mut alive, r).await?,
+            };
+            if orphaned && self.fail_interrupted(&id, runner.as_deref(), true).await {
                 failed += 1;
+                if runner.as_deref() != Some(me.as_str()) {
+                    self.reap_orphan(&id).await;
+                }
             }
         }
         let reaped = self.sandbox.reap().await?;
         Ok((failed, reaped))
+    }
+
+    /// Fails the calls in flight whose orchestrator is gone (its lease lapsed): run
+    /// periodically by every live orchestrator, so a call never stays `running` forever when
+    /// the instance running it died and does not come back.
+    pub async fn fail_orphans(&self) -> Result<usize, EngineError> {
+        let me = self.store.instance().to_string();
+        let mut failed = 0;
+        let mut alive: HashMap<String, bool> = HashMap::new();
+        for (id, runner) in self.store.inflight_calls().await? {
+            // Our own calls are tracked by this process; unrecorded runners only at start-up.
+            let Some(r) = runner.filter(|r| *r != me) else {
+                continue;
+            };
+            if !self.instance_alive(&mut alive, &r).await?
+                && self.fail_interrupted(&id, Some(&r), false).await
+            {
+                tracing::warn!(call_id = %id, instance = %r, "failed a call whose orchestrator is gone");
+                failed += 1;
+                self.reap_orphan(&id).await;
+            }
+        }
+        Ok(failed)
+    }
+
+    /// Stops and removes what a dead orchestrator left running for call `id`.
+    async fn reap_orphan(&self, id: &str) {
+        if let Err(e) = self.sandbox.reap_call(id).await {
+            tracing::warn!(call_id = %id, error = %e, "could not remove the orphaned call's container");
+        }
+    }
+
+    async fn instance_alive(
+        &self,
+        cache: &mut HashMap<String, bool>,
+        instance: &str,
+    ) -> Result<bool, EngineError> {
+        if let Some(a) = cache.get(instance) {
+            return Ok(*a);
+        }
+        let a = self.store.instance_alive(instance).await?;
+        cache.insert(instance.to_string(), a);
+        Ok(a)
+    }
+
+    /// Moves an in-flight call to `failed` (`interrupted`, outcome unknown). `restart`: this
+    /// instance restarted; otherwise `runner` is another instance that is gone.
+    async fn fail_interrupted(&self, id: &str, runner: Option<&str>, restart: bool) -> bool {
+        let message = match runner {
+            Some(r) if !restart || r != self.store.instance() => format!(
+                "the orchestrator instance `{r}` running this call stopped; its outcome is unknown"
+            ),
+            _ => "the orchestrator restarted while the call was running; its outcome is unknown"
+                .to_string(),
+        };
+        let audit = self.audit_for_id(id, "system", "interrupted").await;
+        self.store
+            .transition(
+                id,
+                CallStatus::Failed,
+                &[(
+                    "error",
+                    json!({"code": "interrupted", "message": message}).to_string(),
+                )],
+                Some((
+                    "call_finished",
+                    json!({"call_id": id, "status": "failed", "error": {"code": "interrupted", "message": message}}),
+                )),
+                audit.as_ref(),
+            )
+            .await
+            .is_ok()
     }
 
     async fn audit_for_id(&self, id: &str, actor: &str, action: &str) -> Option<AuditEntry> {
@@ -918,6 +1016,17 @@ impl Engine {
             }
         }
         self.sandbox.drain().await;
+    }
+
+    /// Gives up the instance's lease (after [`Engine::shutdown`] and the last renewal), so a
+    /// successor starts without waiting for it to lapse.
+    pub async fn release_lease(&self) {
+        let holder = self.lease.lock().expect("lease lock").take();
+        if let Some(h) = holder {
+            if let Err(e) = self.store.release_instance(&h).await {
+                tracing::warn!(error = %e, "could not release the instance lease; it lapses by itself");
+            }
+        }
     }
 
     pub fn limits(&self) -> &LimitsConfig {

@@ -1,5 +1,6 @@
 //! `airlock serve`: wires config, policy, store, sandbox and engine together, runs the HTTP
-//! server until shutdown, and owns every background task (expiry sweeper, policy reloads).
+//! server until shutdown, and owns every background task (expiry sweeper, policy reloads, the
+//! instance lease).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -15,7 +16,9 @@ use crate::engine::{Engine, EngineError};
 use crate::llm::LlmSetupError;
 use crate::policy::{Policy, PolicyError};
 use crate::sandbox::{Sandbox, SandboxConfig, SandboxError};
-use crate::store::{Store, StoreError};
+use crate::store::{
+    holder_is_dead_here, lease_holder, Claim, Store, StoreError, INSTANCE_LEASE, INSTANCE_RENEW,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -39,6 +42,8 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
     #[error("the agent's model settings: {0}")]
     Llm(#[from] LlmSetupError),
+    #[error("another orchestrator is running as instance `{instance}` on this Redis (lease holder {holder}): give each orchestrator sharing a Redis its own `instance` in the config")]
+    InstanceInUse { instance: String, holder: String },
 }
 
 /// Connects everything and builds the engine (recovering state left by a previous run).
@@ -49,7 +54,9 @@ pub async fn build(config: &Config) -> Result<Arc<Engine>, ServerError> {
         .effective_url()
         .map_err(ServerError::RedisSettings)?
         .ok_or(ServerError::NoRedis)?;
-    let store = Store::connect(&url, &config.redis.prefix).await?;
+    let store = Store::connect(&url, &config.redis.prefix)
+        .await?
+        .with_instance(&config.instance);
     let sandbox = Sandbox::new(&SandboxConfig {
         docker_endpoint: config.docker.endpoint.clone(),
         image: config.docker.image.clone(),
@@ -60,7 +67,9 @@ pub async fn build(config: &Config) -> Result<Arc<Engine>, ServerError> {
     admit_policy(&sandbox, &policy)
         .await
         .map_err(ServerError::PolicyAdmission)?;
+    let holder = claim_instance(&store).await?;
     let engine = Engine::new(store, sandbox, policy, config.limits.clone());
+    engine.set_lease_holder(holder);
     let (failed, reaped) = engine.recover().await?;
     if failed > 0 || reaped > 0 {
         tracing::warn!(
@@ -70,6 +79,48 @@ pub async fn build(config: &Config) -> Result<Arc<Engine>, ServerError> {
         );
     }
     Ok(engine)
+}
+
+/// Takes this instance's lease in Redis before anything else touches its calls or containers.
+/// A holder that is this process's dead predecessor (same host, pid gone) is replaced at once;
+/// any other holder's lease must lapse first (after `kill -9` on another host, up to
+/// [`INSTANCE_LEASE`]). A holder that keeps renewing is a live orchestrator with the same
+/// instance name: refused, since both would fail and reap each other's work.
+async fn claim_instance(store: &Store) -> Result<String, ServerError> {
+    let holder = lease_holder();
+    let deadline = tokio::time::Instant::now() + INSTANCE_LEASE + Duration::from_secs(2);
+    let mut takeover: Option<String> = None;
+    let mut told = false;
+    loop {
+        match store.claim_instance(&holder, takeover.as_deref()).await? {
+            Claim::Claimed => return Ok(holder),
+            Claim::Held { holder: other, .. } if holder_is_dead_here(&other) => {
+                takeover = Some(other);
+                continue;
+            }
+            Claim::Held {
+                holder: other,
+                ttl_ms,
+            } => {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(ServerError::InstanceInUse {
+                        instance: store.instance().to_string(),
+                        holder: other,
+                    });
+                }
+                if !told {
+                    tracing::warn!(
+                        instance = %store.instance(),
+                        holder = %other,
+                        lapses_in_ms = ttl_ms,
+                        "this instance's lease is held by another process (one stopped without releasing it, or a second orchestrator with the same instance name): waiting for it to lapse"
+                    );
+                    told = true;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// Checks that the engine can run what `policy` asks for, and pins its images: every image
@@ -215,6 +266,27 @@ pub async fn run(
             }
         })
     };
+    // The instance's lease, and the calls of orchestrators whose lease lapsed. Renewed until
+    // the running calls are drained, so nobody takes them for orphans meanwhile.
+    let lease_stop = CancellationToken::new();
+    let lease = {
+        let engine = engine.clone();
+        let stop = lease_stop.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(INSTANCE_RENEW);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tick.tick() => {
+                        engine.renew_lease().await;
+                        if let Err(e) = engine.fail_orphans().await {
+                            tracing::debug!(error = %e, "orphaned-call sweep failed");
+                        }
+                    }
+                }
+            }
+        })
+    };
     let watcher = spawn_policy_watcher(engine.clone(), config.policy.clone(), stop.clone());
     let state = AppState {
         engine: engine.clone(),
@@ -238,6 +310,9 @@ pub async fn run(
     // Turns first (they withdraw their pending approvals), then the engine drains its calls.
     agent.shutdown().await;
     engine.shutdown().await;
+    lease_stop.cancel();
+    let _ = lease.await;
+    engine.release_lease().await;
     Ok(())
 }
 

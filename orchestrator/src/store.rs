@@ -19,7 +19,9 @@
 //! | `{p}call:{cid}` | hash: the [`CallRecord`] fields (JSON fields as JSON text, absent when `None`) | `create_call`, `transition`, `decide`, `expire_due` | none (deleted with the session) |
 //! | `{p}approval:{cid}` | string: the `args_sha256` the approval is bound to | entering `awaiting_approval` | `PX` = time left until `expires_at_ms` |
 //! | `{p}pending` | sorted set: call ids awaiting approval, scored by `expires_at_ms` | entering / leaving `awaiting_approval` | none |
-//! | `{p}running` | set: call ids that are `approved` or `running` (the orchestrator owes them a run) | every transition | none |
+//! | `{p}running` | set: call ids that are `approved` or `running` (an orchestrator owes them a run) | every transition | none |
+//! | `{p}runners` | hash: call id → the instance that moved it in flight (and so runs it); same members as `{p}running` | every transition | none |
+//! | `{p}instance:{name}` | string: the holder (`host/pid/uuid`) of instance `name`'s lease, renewed while that orchestrator lives | `claim_instance`, `renew_instance`, `release_instance` | `PX` = [`INSTANCE_LEASE`] |
 //! | `{p}audit` | stream, entries: the [`AuditEntry`] fields | `create_call`, `transition`, `decide`, `expire_due` | none (append-only, never trimmed) |
 //!
 //! # Atomicity
@@ -64,6 +66,9 @@ pub use history::{Heartbeat, TURN_HEARTBEAT, TURN_LOCK_TTL};
 
 /// The default key prefix.
 pub const DEFAULT_PREFIX: &str = "airlock:";
+
+/// The instance name a [`Store`] acts for unless told otherwise (the config's default).
+pub const DEFAULT_INSTANCE: &str = "default";
 
 /// Kinds of the events the store itself writes.
 pub mod kinds {
@@ -321,6 +326,12 @@ impl Keys {
     pub fn running(&self) -> String {
         format!("{}running", self.prefix)
     }
+    pub fn runners(&self) -> String {
+        format!("{}runners", self.prefix)
+    }
+    pub fn instance_lease(&self, instance: &str) -> String {
+        format!("{}instance:{instance}", self.prefix)
+    }
     pub fn audit(&self) -> String {
         format!("{}audit", self.prefix)
     }
@@ -533,14 +544,17 @@ fn event_from_entry(e: &StreamId) -> Result<StoredEvent, StoreError> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Lua. Every script gets ARGV[1] = prefix and ARGV[2] = now (ms) and starts with this prelude.
+// Lua. Every script gets ARGV[1] = prefix, ARGV[2] = now (ms) and ARGV[3] = the orchestrator
+// instance sending it, and starts with this prelude.
 
 const PRELUDE: &str = r#"
 local P = ARGV[1]
 local NOW = ARGV[2]
+local INSTANCE = ARGV[3]
 local NOWN = tonumber(NOW)
 local PENDING = P .. 'pending'
 local RUNNING = P .. 'running'
+local RUNNERS = P .. 'runners'
 local AUDIT = P .. 'audit'
 local INFLIGHT = {approved = true, running = true}
 local function call_key(id) return P .. 'call:' .. id end
@@ -601,8 +615,11 @@ local function move(id, c, to, patch, ev_kind, ev_data, audit)
   end
   if INFLIGHT[to] then
     redis.call('SADD', RUNNING, id)
+    -- Whoever moves a call in flight runs it (the approver's orchestrator, not the proposer's).
+    redis.call('HSET', RUNNERS, id, INSTANCE)
   else
     redis.call('SREM', RUNNING, id)
+    redis.call('HDEL', RUNNERS, id)
   end
   local eid = ''
   if ev_kind then
@@ -619,23 +636,26 @@ local function expire(id, c, detail)
 end
 "#;
 
-// ARGV: P, NOW, id, session_id, owner, n, n field/value pairs, ev_kind, ev_data, audit pairs...
+// ARGV: P, NOW, INSTANCE, id, session_id, owner, n, n field/value pairs, ev_kind, ev_data, audit pairs...
 const CREATE_CALL: &str = r#"
-local id, sid, owner = ARGV[3], ARGV[4], ARGV[5]
+local id, sid, owner = ARGV[4], ARGV[5], ARGV[6]
 local sowner = redis.call('HGET', session_key(sid), 'owner')
 if not sowner then return {'no_session'} end
 if sowner ~= owner then return {'owner_mismatch'} end
 local existing = redis.call('HGET', call_key(id), 'status')
 if existing then return {'exists', existing} end
-local n = tonumber(ARGV[6])
+local n = tonumber(ARGV[7])
 local fields = {}
-for i = 1, 2 * n do fields[i] = ARGV[6 + i] end
+for i = 1, 2 * n do fields[i] = ARGV[7 + i] end
 redis.call('HSET', call_key(id), unpack(fields))
 redis.call('RPUSH', calls_key(sid), id)
 local c = load_call(id)
 if c.status == 'awaiting_approval' then arm_approval(id, c.expires_at_ms, c.args_sha256) end
-if INFLIGHT[c.status] then redis.call('SADD', RUNNING, id) end
-local j = 7 + 2 * n
+if INFLIGHT[c.status] then
+  redis.call('SADD', RUNNING, id)
+  redis.call('HSET', RUNNERS, id, INSTANCE)
+end
+local j = 8 + 2 * n
 local eid = redis.call('XADD', events_key(sid), '*', 'kind', ARGV[j], 'data', ARGV[j + 1])
 local audit = {}
 for i = j + 2, #ARGV do audit[#audit + 1] = ARGV[i] end
@@ -643,20 +663,20 @@ redis.call('XADD', AUDIT, '*', unpack(audit))
 return {'ok', eid}
 "#;
 
-// ARGV: P, NOW, id, to, allowed (comma-separated), n, n patch pairs, ev_kind ('' = none),
+// ARGV: P, NOW, INSTANCE, id, to, allowed (comma-separated), n, n patch pairs, ev_kind ('' = none),
 // ev_data, audit pairs (none = no audit entry)
 const TRANSITION: &str = r#"
-local id, to = ARGV[3], ARGV[4]
+local id, to = ARGV[4], ARGV[5]
 local c = load_call(id)
 if not c then return {'not_found'} end
 local ok = false
-for s in string.gmatch(ARGV[5], '[^,]+') do
+for s in string.gmatch(ARGV[6], '[^,]+') do
   if s == c.status then ok = true end
 end
 if not ok then return {'conflict', c.status} end
-local n = tonumber(ARGV[6])
+local n = tonumber(ARGV[7])
 local patch = {}
-for i = 1, 2 * n do patch[i] = ARGV[6 + i] end
+for i = 1, 2 * n do patch[i] = ARGV[7 + i] end
 if to == 'awaiting_approval' then
   local exp = c.expires_at_ms
   for i = 1, #patch, 2 do
@@ -664,7 +684,7 @@ if to == 'awaiting_approval' then
   end
   if not exp then return {'no_expiry'} end
 end
-local j = 7 + 2 * n
+local j = 8 + 2 * n
 local ev_kind = nil
 if ARGV[j] ~= '' then ev_kind = ARGV[j] end
 local audit = nil
@@ -676,10 +696,10 @@ local eid = move(id, c, to, patch, ev_kind, ARGV[j + 1], audit)
 return reply('ok', eid, id)
 "#;
 
-// ARGV: P, NOW, id, user, presented hash, 'approved'|'denied', reason ('' = none),
+// ARGV: P, NOW, INSTANCE, id, user, presented hash, 'approved'|'denied', reason ('' = none),
 // audit detail of a hash mismatch, audit detail of a decision (the reason, shortened)
 const DECIDE: &str = r#"
-local id, user, presented, to, reason = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+local id, user, presented, to, reason = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local c = load_call(id)
 if not c then return {'not_found'} end
 if c.owner ~= user then
@@ -697,7 +717,7 @@ if (not bound) or (not exp) or exp <= NOWN then
   return reply('expired', eid, id)
 end
 if bound ~= presented or c.args_sha256 ~= presented then
-  redis.call('XADD', AUDIT, '*', unpack(audit_for(id, c, user, 'rejected', 'hash_mismatch', ARGV[8])))
+  redis.call('XADD', AUDIT, '*', unpack(audit_for(id, c, user, 'rejected', 'hash_mismatch', ARGV[9])))
   return reply('hash_mismatch', '', id)
 end
 local patch = {'decided_by', user, 'decided_at_ms', NOW}
@@ -708,13 +728,13 @@ if reason ~= '' then
   data.reason = reason
 end
 local eid = move(id, c, to, patch, to, cjson.encode(data),
-                 audit_for(id, c, user, to, to, ARGV[9]))
+                 audit_for(id, c, user, to, to, ARGV[10]))
 return reply(to, eid, id)
 "#;
 
-// ARGV: P, NOW, limit. Returns {scanned, {expired call hash}, ...}.
+// ARGV: P, NOW, INSTANCE, limit. Returns {scanned, {expired call hash}, ...}.
 const EXPIRE_DUE: &str = r#"
-local ids = redis.call('ZRANGEBYSCORE', PENDING, '-inf', NOW, 'LIMIT', 0, tonumber(ARGV[3]))
+local ids = redis.call('ZRANGEBYSCORE', PENDING, '-inf', NOW, 'LIMIT', 0, tonumber(ARGV[4]))
 local out = {#ids}
 for _, id in ipairs(ids) do
   local c = load_call(id)
@@ -733,9 +753,9 @@ end
 return out
 "#;
 
-// ARGV: P, NOW, session id. Returns 1 if deleted, 0 if there was no such session.
+// ARGV: P, NOW, INSTANCE, session id. Returns 1 if deleted, 0 if there was no such session.
 const DELETE_SESSION: &str = r#"
-local sid = ARGV[3]
+local sid = ARGV[4]
 local owner = redis.call('HGET', session_key(sid), 'owner')
 if not owner then return 0 end
 local calls = redis.call('LRANGE', calls_key(sid), 0, -1)
@@ -743,16 +763,17 @@ for _, cid in ipairs(calls) do
   redis.call('DEL', call_key(cid), approval_key(cid))
   redis.call('ZREM', PENDING, cid)
   redis.call('SREM', RUNNING, cid)
+  redis.call('HDEL', RUNNERS, cid)
 end
 redis.call('DEL', session_key(sid), calls_key(sid), events_key(sid))
 redis.call('ZREM', user_key(owner), sid)
 return 1
 "#;
 
-// ARGV: P, NOW, session id, kind, data. Returns the entry id, or nil without such a session.
+// ARGV: P, NOW, INSTANCE, session id, kind, data. Returns the entry id, or nil without such a session.
 const APPEND_EVENT: &str = r#"
-if redis.call('EXISTS', session_key(ARGV[3])) == 0 then return false end
-return redis.call('XADD', events_key(ARGV[3]), '*', 'kind', ARGV[4], 'data', ARGV[5])
+if redis.call('EXISTS', session_key(ARGV[4])) == 0 then return false end
+return redis.call('XADD', events_key(ARGV[4]), '*', 'kind', ARGV[5], 'data', ARGV[6])
 "#;
 
 struct Scripts {
@@ -774,6 +795,104 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| {
         delete_session: s(DELETE_SESSION),
         append_event: s(APPEND_EVENT),
     }
+});
+
+/// How long an instance's lease lasts unless its orchestrator renews it.
+pub const INSTANCE_LEASE: Duration = Duration::from_secs(15);
+/// How often a live orchestrator renews its lease (several renewals fit in one lease).
+pub const INSTANCE_RENEW: Duration = Duration::from_secs(3);
+
+/// What [`Store::claim_instance`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The lease is ours.
+    Claimed,
+    /// Another process holds it, for `ttl_ms` more unless it renews.
+    Held { holder: String, ttl_ms: u64 },
+}
+
+/// A lease holder string for this process: `host/pid/random`. The host and pid let a restarted
+/// process recognise its dead predecessor (same host, a pid that is gone or is its own).
+pub fn lease_holder() -> String {
+    format!(
+        "{}/{}/{}",
+        host_name(),
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+/// This machine's (or container's) host name, `unknown` if it cannot be read.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty() && !h.contains('/'))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Whether `holder` (from [`lease_holder`]) was a process on this host that no longer runs:
+/// its pid is gone, or is this process's own (a pid is not reused while its owner lives, so an
+/// earlier holder with our pid is dead — as after a container restart, where the server is
+/// always pid 1). A holder on another host is never judged dead here: its lease must lapse.
+pub fn holder_is_dead_here(holder: &str) -> bool {
+    let mut parts = holder.splitn(3, '/');
+    let (Some(host), Some(pid), Some(_)) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    let Ok(pid) = pid.parse::<u32>() else {
+        return false;
+    };
+    if host != host_name() || pid == 0 {
+        return false;
+    }
+    pid == std::process::id() || !std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+// The lease scripts take their key as an argument (no prelude).
+// ARGV: key, holder, ttl ms, takeover_from ('' = none)
+const CLAIM_INSTANCE: &str = r#"
+local cur = redis.call('GET', ARGV[1])
+if (not cur) or cur == ARGV[2] or (ARGV[4] ~= '' and cur == ARGV[4]) then
+  redis.call('SET', ARGV[1], ARGV[2], 'PX', ARGV[3])
+  return {'claimed'}
+end
+return {'held', cur, tostring(redis.call('PTTL', ARGV[1]))}
+"#;
+
+// ARGV: key, holder, ttl ms. 1 renewed, 2 taken again after it lapsed, 0 held by another.
+const RENEW_INSTANCE: &str = r#"
+local cur = redis.call('GET', ARGV[1])
+if cur == ARGV[2] then
+  redis.call('PEXPIRE', ARGV[1], ARGV[3])
+  return 1
+end
+if not cur then
+  redis.call('SET', ARGV[1], ARGV[2], 'PX', ARGV[3])
+  return 2
+end
+return 0
+"#;
+
+// ARGV: key, holder. 1 released, 0 not ours.
+const RELEASE_INSTANCE: &str = r#"
+if redis.call('GET', ARGV[1]) == ARGV[2] then
+  redis.call('DEL', ARGV[1])
+  return 1
+end
+return 0
+"#;
+
+struct LeaseScripts {
+    claim: Script,
+    renew: Script,
+    release: Script,
+}
+
+static LEASE_SCRIPTS: LazyLock<LeaseScripts> = LazyLock::new(|| LeaseScripts {
+    claim: Script::new(CLAIM_INSTANCE),
+    renew: Script::new(RENEW_INSTANCE),
+    release: Script::new(RELEASE_INSTANCE),
 });
 
 /// Expired approvals handled per script run by `expire_due` (keeps each run short).
@@ -829,6 +948,9 @@ struct Inner {
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
+    /// The orchestrator instance this handle acts for: it is recorded as the runner of every
+    /// call this handle moves in flight (see [`Store::with_instance`]).
+    instance: Arc<str>,
 }
 
 impl std::fmt::Debug for Store {
@@ -836,6 +958,7 @@ impl std::fmt::Debug for Store {
         f.debug_struct("Store")
             .field("endpoint", &self.inner.endpoint)
             .field("prefix", &self.inner.keys.prefix)
+            .field("instance", &self.instance)
             .finish()
     }
 }
@@ -917,7 +1040,23 @@ impl Store {
                 endpoint,
                 opts,
             }),
+            instance: Arc::from(DEFAULT_INSTANCE),
         })
+    }
+
+    /// The same store, acting for orchestrator `instance` (the config's `instance`; default
+    /// [`DEFAULT_INSTANCE`]). Several orchestrators may share one Redis only under distinct
+    /// instance names: the name says who owes a call its run (see [`Store::claim_instance`]).
+    pub fn with_instance(&self, instance: &str) -> Store {
+        Store {
+            inner: self.inner.clone(),
+            instance: Arc::from(instance),
+        }
+    }
+
+    /// The instance this handle acts for.
+    pub fn instance(&self) -> &str {
+        &self.instance
     }
 
     /// The key names this store uses.
@@ -1009,7 +1148,11 @@ impl Store {
     }
 
     fn base_args(&self) -> Vec<String> {
-        vec![self.inner.keys.prefix.clone(), now_ms().to_string()]
+        vec![
+            self.inner.keys.prefix.clone(),
+            now_ms().to_string(),
+            self.instance.to_string(),
+        ]
     }
 
     // --- health --------------------------------------------------------------------------------
@@ -1508,6 +1651,7 @@ impl Store {
         let args = vec![
             self.inner.keys.prefix.clone(),
             now_ms.to_string(),
+            self.instance.to_string(),
             call_id.into(),
             user.into(),
             args_sha256.into(),
@@ -1551,6 +1695,7 @@ impl Store {
             let args = vec![
                 self.inner.keys.prefix.clone(),
                 now_ms.to_string(),
+                self.instance.to_string(),
                 EXPIRE_BATCH.to_string(),
             ];
             let v: redis::Value = self.invoke(&SCRIPTS.expire_due, &args).await?;
@@ -1580,6 +1725,79 @@ impl Store {
             .await?;
         ids.sort();
         Ok(ids)
+    }
+
+    /// Every call in flight (`approved` or `running`) with the instance that runs it (`None`
+    /// for a call moved in flight before runners were recorded), sorted by id.
+    pub async fn inflight_calls(&self) -> Result<Vec<(String, Option<String>)>, StoreError> {
+        let ids = self.running_calls().await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let runners: Vec<Option<String>> = self
+            .query(redis::cmd("HMGET").arg(self.inner.keys.runners()).arg(&ids))
+            .await?;
+        Ok(ids.into_iter().zip(runners).collect())
+    }
+
+    /// Takes the lease of this handle's instance for `holder` (a string unique to this process,
+    /// see [`lease_holder`]). Succeeds when nobody holds it, when `holder` already does, or when
+    /// the current holder is `takeover_from` (a predecessor known to be dead); otherwise says
+    /// who holds it and for how much longer.
+    pub async fn claim_instance(
+        &self,
+        holder: &str,
+        takeover_from: Option<&str>,
+    ) -> Result<Claim, StoreError> {
+        let args = [
+            self.inner.keys.instance_lease(&self.instance),
+            holder.to_string(),
+            INSTANCE_LEASE.as_millis().to_string(),
+            takeover_from.unwrap_or("").to_string(),
+        ];
+        let r: Vec<String> = self.invoke(&LEASE_SCRIPTS.claim, &args).await?;
+        match r.first().map(String::as_str) {
+            Some("claimed") => Ok(Claim::Claimed),
+            Some("held") => Ok(Claim::Held {
+                holder: r.get(1).cloned().unwrap_or_default(),
+                ttl_ms: r
+                    .get(2)
+                    .and_then(|t| t.parse::<i64>().ok())
+                    .unwrap_or(0)
+                    .max(0) as u64,
+            }),
+            _ => Err(StoreError::Redis(format!("claim_instance: reply {r:?}"))),
+        }
+    }
+
+    /// Renews the lease `holder` holds (taking it again if it lapsed meanwhile, e.g. during a
+    /// Redis outage). `Ok(false)`: another process holds it now.
+    pub async fn renew_instance(&self, holder: &str) -> Result<bool, StoreError> {
+        let args = [
+            self.inner.keys.instance_lease(&self.instance),
+            holder.to_string(),
+            INSTANCE_LEASE.as_millis().to_string(),
+        ];
+        let r: i64 = self.invoke(&LEASE_SCRIPTS.renew, &args).await?;
+        Ok(r != 0)
+    }
+
+    /// Gives the lease up if `holder` holds it (a clean stop: a successor need not wait).
+    pub async fn release_instance(&self, holder: &str) -> Result<(), StoreError> {
+        let args = [
+            self.inner.keys.instance_lease(&self.instance),
+            holder.to_string(),
+        ];
+        let _: i64 = self.invoke(&LEASE_SCRIPTS.release, &args).await?;
+        Ok(())
+    }
+
+    /// Whether some orchestrator holds `instance`'s lease (is alive, as far as Redis knows).
+    pub async fn instance_alive(&self, instance: &str) -> Result<bool, StoreError> {
+        let n: i64 = self
+            .query(redis::cmd("EXISTS").arg(self.inner.keys.instance_lease(instance)))
+            .await?;
+        Ok(n == 1)
     }
 
     /// Marks an `approved` or `running` call `failed` with `reason` (e.g. "the orchestrator
@@ -1652,6 +1870,39 @@ fn redact(msg: &str, secrets: &[String]) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_lease_holder_is_dead_only_when_this_host_can_tell() {
+        let me = lease_holder();
+        let parts: Vec<&str> = me.split('/').collect();
+        assert_eq!(parts.len(), 3, "{me}");
+        assert_eq!(parts[0], host_name());
+        assert_eq!(parts[1], std::process::id().to_string());
+        // Our own pid: an earlier process with it is gone (a restarted container's pid 1).
+        assert!(holder_is_dead_here(&me));
+        // A live process of this host (our parent) is not dead.
+        let parent = std::os::unix::process::parent_id();
+        assert!(!holder_is_dead_here(&format!("{}/{parent}/x", host_name())));
+        // A process that has exited is.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        assert!(holder_is_dead_here(&format!("{}/{pid}/x", host_name())));
+        // Another host, or anything unparseable, must wait for its lease to lapse.
+        assert!(!holder_is_dead_here(&format!(
+            "not-{}/{pid}/x",
+            host_name()
+        )));
+        for bad in [
+            "",
+            "h",
+            "h/1",
+            "h/notapid/x",
+            &format!("{}/0/x", host_name()),
+        ] {
+            assert!(!holder_is_dead_here(bad), "{bad:?}");
+        }
+    }
 
     fn call() -> CallRecord {
         CallRecord {

@@ -237,6 +237,31 @@ impl Fixture {
         self.dir.path()
     }
 
+    /// A config for a second orchestrator on this fixture's Redis and policy: the fixture's
+    /// config with another `instance` and a free port. Returns (path, port).
+    pub fn second_config(&self, name: &str, instance: &str) -> (PathBuf, u16) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let text = std::fs::read_to_string(&self.config_path).expect("the config");
+        let text: String = text
+            .lines()
+            .map(|l| {
+                if l.starts_with("listen = ") {
+                    format!("listen = \"127.0.0.1:{port}\"\n")
+                } else if l.starts_with("instance = ") {
+                    format!("instance = \"{instance}\"\n")
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text).expect("write the second config");
+        (path, port)
+    }
+
     /// Ids of containers with this server's instance label (and, if given, this call's).
     pub async fn containers(&self, call: Option<&str>) -> Vec<String> {
         list_labelled(&self.docker, &self.instance, call).await
@@ -618,12 +643,23 @@ pub struct ServerProcess<'a> {
 impl<'a> ServerProcess<'a> {
     /// Starts the binary on the fixture's config and waits (up to 60 s) for `/healthz`.
     pub async fn start(fx: &'a Fixture, run: usize) -> ServerProcess<'a> {
+        ServerProcess::start_with(fx, run, &fx.config_path, fx.port).await
+    }
+
+    /// Starts the binary on another config (e.g. a second orchestrator on the fixture's Redis,
+    /// see [`Fixture::second_config`]) that listens on `port`.
+    pub async fn start_with(
+        fx: &'a Fixture,
+        run: usize,
+        config: &Path,
+        port: u16,
+    ) -> ServerProcess<'a> {
         let log = fx.dir().join(format!("airlock-{run}.log"));
         let stderr = std::fs::File::create(&log).expect("log file");
         let child = Command::new(airlock_binary())
             .arg("serve")
             .arg("--config")
-            .arg(&fx.config_path)
+            .arg(config)
             .env_remove("AIRLOCK_REDIS_URL")
             .env("AIRLOCK_LOG", "warn")
             .stdin(Stdio::null())
@@ -633,7 +669,7 @@ impl<'a> ServerProcess<'a> {
             .expect("spawn airlock serve");
         let mut p = ServerProcess {
             fx,
-            api: Api::new(format!("http://127.0.0.1:{}", fx.port)),
+            api: Api::new(format!("http://127.0.0.1:{port}")),
             child: Some(child),
             log,
         };

@@ -247,13 +247,27 @@ impl Sandbox {
 
     /// Removes every container this instance left behind (after a crash or `kill -9`).
     pub async fn reap(&self) -> Result<usize, SandboxError> {
+        self.reap_labelled(format!(
+            "{}={}",
+            profile::LABEL_INSTANCE,
+            self.inner.instance
+        ))
+        .await
+    }
+
+    /// Removes the containers of one call, whichever instance started them: a call whose
+    /// orchestrator died is failed by another, which stops what it left running (nobody
+    /// enforces that container's deadline any more).
+    pub async fn reap_call(&self, call_id: &str) -> Result<usize, SandboxError> {
+        self.reap_labelled(format!("{}={call_id}", profile::LABEL_CALL))
+            .await
+    }
+
+    async fn reap_labelled(&self, label: String) -> Result<usize, SandboxError> {
         let mut filters = HashMap::new();
         filters.insert(
             "label".to_string(),
-            vec![
-                format!("{}=1", profile::LABEL_MANAGED),
-                format!("{}={}", profile::LABEL_INSTANCE, self.inner.instance),
-            ],
+            vec![format!("{}=1", profile::LABEL_MANAGED), label],
         );
         let opts = ListContainersOptionsBuilder::default()
             .all(true)

@@ -2,7 +2,8 @@
 //! binary, for `kill -9`), a real `redis-server`, real Docker containers. Propose → preview diff
 //! → approve → streamed output → result → history, over HTTP, WebSocket and SSE; denial,
 //! expiry, racing approvals, wrong hashes, other users, auth on every route, Origin checks,
-//! resuming event streams, restarts, Redis going away, bad bodies and metrics.
+//! resuming event streams, restarts, two orchestrators sharing one Redis, Redis going away, bad
+//! bodies and metrics.
 
 use std::time::{Duration, Instant};
 
@@ -1169,6 +1170,180 @@ async fn after_kill_9_pending_approvals_survive_running_calls_fail_and_leftovers
 
     p2.terminate().await;
     fx.assert_no_containers(None, "after the second server stopped")
+        .await;
+}
+
+/// Proposes an allowed shell command from a task of its own (its answer comes only when it
+/// ends) and returns the call's id once it is running in its container.
+async fn running_shell(api: &Api, token: &str, sid: &str, command: &str) -> String {
+    let before: Vec<String> = api
+        .history(token, sid)
+        .await
+        .iter()
+        .filter(|e| e["type"] == "call_started")
+        .map(|e| {
+            e["data"]["call_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    {
+        let (api, token, sid) = (api.clone(), token.to_string(), sid.to_string());
+        let command = command.to_string();
+        tokio::spawn(async move {
+            let _ = api
+                .http
+                .post(api.url(&format!("/v1/sessions/{sid}/tool-calls")))
+                .bearer_auth(&token)
+                .json(&json!({"tool": "run_shell", "args": {"command": command}}))
+                .send()
+                .await;
+        });
+    }
+    let deadline = Instant::now() + CALL_TIMEOUT;
+    loop {
+        let h = api.history(token, sid).await;
+        let started = h.iter().find(|e| {
+            e["type"] == "call_started"
+                && !before.iter().any(|b| e["data"]["call_id"] == b.as_str())
+        });
+        if let Some(e) = started {
+            let id = e["data"]["call_id"].as_str().unwrap().to_string();
+            if !docker_ps(&id).is_empty() {
+                return id;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "`{command}` never started: {h:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Ids of the containers (running or not) of call `call`, whichever orchestrator started them.
+fn docker_ps(call: &str) -> String {
+    let out = std::process::Command::new("docker")
+        .args(["ps", "-aq", "--filter"])
+        .arg(format!(
+            "label={}={call}",
+            airlock::sandbox::profile::LABEL_CALL
+        ))
+        .output()
+        .expect("docker ps");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Removes an instance's containers when dropped (a second orchestrator killed by a test).
+struct ReapOnDrop(String);
+
+impl Drop for ReapOnDrop {
+    fn drop(&mut self) {
+        airlock_tests::remove_labelled(&self.0);
+    }
+}
+
+/// Two orchestrators on one Redis, each under its own instance name: a restart of one leaves
+/// the other's running call alone; when one dies for good, the survivor fails its calls once
+/// its lease lapses; a third process claiming a live instance's name is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orchestrators_sharing_redis_keep_their_calls_and_fail_a_dead_ones() {
+    let fx = Fixture::new(ServerOptions::default().tool("run_shell", "allow")).await;
+    let alice = fx.alice.token.clone();
+    let instance_b = format!("{}-b", fx.instance);
+    let _reap_b = ReapOnDrop(instance_b.clone());
+    let (config_b, port_b) = fx.second_config("airlock-b.toml", &instance_b);
+    let mut a = ServerProcess::start(&fx, 1).await;
+    let mut b = ServerProcess::start_with(&fx, 2, &config_b, port_b).await;
+    let sid = a.api.session(&alice).await;
+
+    // A runs a call; B restarts meanwhile (kill -9, then its recovery): A's call is not B's.
+    let on_a = running_shell(&a.api, &alice, &sid, "sleep 6; echo done-on-a").await;
+    b.kill9();
+    let mut b = ServerProcess::start_with(&fx, 3, &config_b, port_b).await;
+    let c = b.api.get_call(&alice, &on_a).await;
+    assert_eq!(
+        c["status"], "running",
+        "B's recovery touched A's call: {c:#}"
+    );
+    let c = a
+        .api
+        .wait_status(&alice, &on_a, &["succeeded", "failed"], CALL_TIMEOUT)
+        .await;
+    assert_eq!(c["status"], "succeeded", "{c:#}");
+    assert!(c.to_string().contains("done-on-a"), "{c:#}");
+
+    // B dies for good with a call running: A fails it once B's lease lapses.
+    let on_b = running_shell(&b.api, &alice, &sid, "sleep 120").await;
+    b.kill9();
+    let bound = airlock::store::INSTANCE_LEASE + airlock::store::INSTANCE_RENEW * 3;
+    let c = a
+        .api
+        .wait_status(
+            &alice,
+            &on_b,
+            &["failed", "succeeded"],
+            bound + CALL_TIMEOUT,
+        )
+        .await;
+    assert_eq!(c["status"], "failed", "{c:#}");
+    assert_eq!(c["error"]["code"], "interrupted", "{c:#}");
+    let message = c["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains(&instance_b), "{c:#}");
+    // …and removes the container B left running (its deadline died with B).
+    let deadline = Instant::now() + CALL_TIMEOUT;
+    while !docker_ps(&on_b).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the dead orchestrator's container is still running"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let audit = a.api.get("/v1/audit?limit=500", &fx.admin.token).await;
+    assert!(
+        audit
+            .json
+            .to_string()
+            .contains(&format!("\"call_id\":\"{on_b}\"")),
+        "the orphaned call is in the audit trail: {audit:?}"
+    );
+
+    // A second process under A's live instance name waits for the lease, then refuses to run.
+    let (config_dup, _) = fx.second_config("airlock-dup.toml", &fx.instance);
+    let started = Instant::now();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(airlock_tests::server::airlock_binary())
+            .args(["serve", "--config"])
+            .arg(&config_dup)
+            .env("AIRLOCK_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run airlock serve")
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "another orchestrator is running as instance `{}`",
+            fx.instance
+        )),
+        "{stderr}"
+    );
+    assert!(
+        started.elapsed() >= airlock::store::INSTANCE_LEASE,
+        "it waited for the lease to lapse first: {:?}",
+        started.elapsed()
+    );
+    // A kept serving throughout, and its lease is released on a clean stop.
+    let sid2 = a.api.session(&alice).await;
+    assert!(!sid2.is_empty());
+    a.terminate().await;
+    let mut a2 = ServerProcess::start(&fx, 4).await;
+    a2.terminate().await;
+    fx.assert_no_containers(None, "after both servers stopped")
         .await;
 }
 

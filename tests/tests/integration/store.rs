@@ -969,6 +969,106 @@ async fn many_due_approvals_are_swept_in_batches() {
 }
 
 #[tokio::test]
+async fn calls_in_flight_name_their_runner_and_instance_leases_are_exclusive() {
+    let server = RedisServer::start();
+    let base = open_store(&server).await;
+    let a = base.with_instance("orch-a");
+    let b = base.with_instance("orch-b");
+    assert_eq!(base.instance(), airlock::store::DEFAULT_INSTANCE);
+
+    // Approved through A: A runs it. A proposal allowed at once (created in flight) through B.
+    let (_, pending) = pending_call(&a, "alice", 600_000).await;
+    let approved = a
+        .decide(&pending.id, "alice", HASH, true, None, now_ms())
+        .await
+        .unwrap();
+    assert!(matches!(approved, DecisionResult::Approved { .. }));
+    let s = b.create_session("alice").await.unwrap();
+    let direct = new_call(&s, CallStatus::Approved, 0);
+    b.create_call(&direct, ("proposed", json!({})))
+        .await
+        .unwrap();
+    let mut expected = vec![
+        (pending.id.clone(), Some("orch-a".to_string())),
+        (direct.id.clone(), Some("orch-b".to_string())),
+    ];
+    expected.sort();
+    assert_eq!(base.inflight_calls().await.unwrap(), expected);
+    // Whoever moves a call on while in flight becomes its runner; leaving flight forgets it.
+    b.transition(&pending.id, CallStatus::Running, &[], None, None)
+        .await
+        .unwrap();
+    a.transition(&direct.id, CallStatus::Failed, &[], None, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        base.inflight_calls().await.unwrap(),
+        vec![(pending.id.clone(), Some("orch-b".to_string()))]
+    );
+    let mut r = raw(&server).await;
+    let runners: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+        .arg("airlock:runners")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert_eq!(runners.len(), 1, "{runners:?}");
+    // Deleting the session forgets the runner too.
+    a.delete_session(&pending.session_id).await.unwrap();
+    assert!(base.inflight_calls().await.unwrap().is_empty());
+    let n: i64 = redis::cmd("HLEN")
+        .arg("airlock:runners")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+
+    // Leases: one holder at a time; a known-dead predecessor can be replaced at once.
+    use airlock::store::Claim;
+    assert!(!a.instance_alive("orch-a").await.unwrap());
+    assert_eq!(a.claim_instance("h1", None).await.unwrap(), Claim::Claimed);
+    assert_eq!(a.claim_instance("h1", None).await.unwrap(), Claim::Claimed);
+    assert!(b.instance_alive("orch-a").await.unwrap());
+    assert!(!b.instance_alive("orch-b").await.unwrap());
+    match a.claim_instance("h2", None).await.unwrap() {
+        Claim::Held { holder, ttl_ms } => {
+            assert_eq!(holder, "h1");
+            assert!(
+                ttl_ms > 0 && ttl_ms <= airlock::store::INSTANCE_LEASE.as_millis() as u64,
+                "{ttl_ms}"
+            );
+        }
+        other => panic!("a second holder got the lease: {other:?}"),
+    }
+    // Another instance's lease is separate.
+    assert_eq!(b.claim_instance("h2", None).await.unwrap(), Claim::Claimed);
+    // A takeover names the holder it replaces: a stale name changes nothing.
+    assert!(matches!(
+        a.claim_instance("h3", Some("h-other")).await.unwrap(),
+        Claim::Held { .. }
+    ));
+    assert_eq!(
+        a.claim_instance("h3", Some("h1")).await.unwrap(),
+        Claim::Claimed
+    );
+    // The replaced holder can neither renew nor release it.
+    assert!(!a.renew_instance("h1").await.unwrap());
+    a.release_instance("h1").await.unwrap();
+    assert!(a.instance_alive("orch-a").await.unwrap());
+    assert!(a.renew_instance("h3").await.unwrap());
+    a.release_instance("h3").await.unwrap();
+    assert!(!a.instance_alive("orch-a").await.unwrap());
+    // A holder whose lease lapsed (a Redis outage) takes it again when it renews.
+    assert!(a.renew_instance("h3").await.unwrap());
+    assert!(a.instance_alive("orch-a").await.unwrap());
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg("airlock:instance:orch-a")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert!(pttl > 0, "the lease has a TTL: {pttl}");
+}
+
+#[tokio::test]
 async fn interrupted_calls_are_found_and_failed_after_a_restart() {
     let mut server = RedisServer::start_persistent();
     let store = open_store(&server).await;
