@@ -7,6 +7,7 @@
 //! `Authorization` and `Sec-WebSocket-Protocol`), query strings, bodies (arguments, file
 //! contents, diffs, model output). Field names are listed in docs/OPERATIONS.md.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use axum::extract::Request;
@@ -27,6 +28,15 @@ pub enum LogFormat {
     Json,
 }
 
+/// Set once JSON logging is installed: then everything on stderr must be a JSON line.
+static JSON: AtomicBool = AtomicBool::new(false);
+
+/// Whether the installed subscriber writes JSON (so a binary reports through `tracing`, not
+/// with a plain line a log collector cannot parse).
+pub fn is_json() -> bool {
+    JSON.load(Ordering::Relaxed)
+}
+
 /// Installs the global subscriber. The filter comes from `AIRLOCK_LOG` (e.g. `info`,
 /// `airlock=debug`), else `default_filter`. A second call does nothing.
 pub fn init(format: LogFormat, default_filter: &str) {
@@ -43,7 +53,8 @@ pub fn init(format: LogFormat, default_filter: &str) {
             .flatten_event(true)
             .with_current_span(true)
             .with_span_list(false)
-            .try_init(),
+            .try_init()
+            .inspect(|_| JSON.store(true, Ordering::Relaxed)),
     };
 }
 

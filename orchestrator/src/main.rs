@@ -245,7 +245,11 @@ fn main() -> ExitCode {
     match rt.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            if airlock::logging::is_json() {
+                tracing::error!(error = %format!("{e:#}"), "airlock stopped with an error");
+            } else {
+                eprintln!("error: {e:#}");
+            }
             ExitCode::from(1)
         }
     }
@@ -254,8 +258,23 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve { config } => {
-            let mut config = load_config(config.as_deref())?;
+            let mut config = match load_config(config.as_deref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    // So that a JSON log asked for on the command line reports this as JSON.
+                    airlock::logging::init(cli.log_format.unwrap_or_default(), "info");
+                    return Err(e);
+                }
+            };
             airlock::logging::init(cli.log_format.unwrap_or(config.log_format), "info");
+            // Plain lines for people in text mode; in JSON mode only JSON reaches stderr.
+            let say = |line: String| {
+                if airlock::logging::is_json() {
+                    tracing::info!("{line}");
+                } else {
+                    eprintln!("{line}");
+                }
+            };
             if cli.docker.is_some() {
                 config.docker.endpoint = cli.docker;
             }
@@ -269,12 +288,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         &config.data_dir,
                         "redis-server",
                     )?;
-                    eprintln!(
+                    say(format!(
                         "airlock: started redis-server (pid {}) on {} with its AOF in {}",
                         r.pid().unwrap_or_default(),
                         r.socket().display(),
                         r.dir().display()
-                    );
+                    ));
                     config.redis.url = Some(r.url());
                     Some(r)
                 }
@@ -283,7 +302,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", config.listen))?;
-            eprintln!("airlock listening on http://{}", listener.local_addr()?);
+            say(format!(
+                "airlock listening on http://{}",
+                listener.local_addr()?
+            ));
             airlock::server::run(config, engine, listener, airlock::server::shutdown_signal())
                 .await?;
             Ok(ExitCode::SUCCESS)

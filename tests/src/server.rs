@@ -654,14 +654,28 @@ impl<'a> ServerProcess<'a> {
         config: &Path,
         port: u16,
     ) -> ServerProcess<'a> {
+        ServerProcess::start_logging(fx, run, config, port, "warn", &[]).await
+    }
+
+    /// [`ServerProcess::start_with`] with the log filter (`AIRLOCK_LOG`) and extra arguments
+    /// of `airlock serve` (e.g. `--log-format json`).
+    pub async fn start_logging(
+        fx: &'a Fixture,
+        run: usize,
+        config: &Path,
+        port: u16,
+        log_filter: &str,
+        args: &[&str],
+    ) -> ServerProcess<'a> {
         let log = fx.dir().join(format!("airlock-{run}.log"));
         let stderr = std::fs::File::create(&log).expect("log file");
         let child = Command::new(airlock_binary())
             .arg("serve")
             .arg("--config")
             .arg(config)
+            .args(args)
             .env_remove("AIRLOCK_REDIS_URL")
-            .env("AIRLOCK_LOG", "warn")
+            .env("AIRLOCK_LOG", log_filter)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use airlock_tests::server::{airlock_binary, Api, Fixture, ServerOptions};
+use airlock_tests::server::{airlock_binary, Api, Fixture, ServerOptions, ServerProcess};
 use serde_json::json;
 
 /// Generous bound for anything that runs a container.
@@ -497,6 +497,184 @@ async fn doctor_names_a_stopped_redis_a_missing_image_and_a_root_owned_workspace
         report.contains("not probed: the executor image is missing"),
         "{report}"
     );
+}
+
+// ---- logs -----------------------------------------------------------------------------------
+
+/// `airlock serve --log-format json`: every line is one JSON object; a request's lines carry its
+/// request id (a proxy's `X-Request-Id` is kept) and the session or call its path names; no line
+/// holds a token (good or bad, header or WebSocket subprotocol), file contents, a diff or an
+/// argument — at debug level too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_request_session_and_call_ids_and_never_tokens_or_contents() {
+    let fx = Fixture::new(ServerOptions::default()).await;
+    let alice = fx.alice.token.clone();
+    let marker = uuid_like();
+    let secret = format!("file-secret-{marker}");
+    let replacement = format!("new-secret-{marker}");
+    fx.alice.workspace.write("notes.txt", format!("{secret}\n"));
+    let mut p = ServerProcess::start_logging(
+        &fx,
+        1,
+        &fx.config_path,
+        fx.port,
+        "info,airlock=debug",
+        &["--log-format", "json"],
+    )
+    .await;
+    let api = p.api.clone();
+    let sid = api.session(&alice).await;
+
+    // A read (allowed) returns the secret to the client; an edit (asked) carries it in its
+    // preview and arguments; approving it runs it.
+    let read = api
+        .propose_ok(&alice, &sid, "read_file", json!({"path": "notes.txt"}))
+        .await;
+    assert!(read.to_string().contains(&secret), "{read:#}");
+    let edit = api
+        .propose_ok(
+            &alice,
+            &sid,
+            "edit_file",
+            json!({"path": "notes.txt", "edits": [{"old_string": secret, "new_string": replacement}]}),
+        )
+        .await;
+    let cid = edit["id"].as_str().expect("call id").to_string();
+    let sha = edit["args_sha256"].as_str().expect("hash").to_string();
+    api.decide(&alice, &cid, "approve", &sha, None)
+        .await
+        .expect(200);
+    let done = api
+        .wait_status(&alice, &cid, &["succeeded", "failed"], CALL_TIMEOUT)
+        .await;
+    assert_eq!(done["status"], "succeeded", "{done:#}");
+
+    // A proxy's request id is kept; a wrong token is refused (and must not be logged either).
+    let request_id = format!("proxy-{marker}");
+    let r = api
+        .http
+        .get(api.url(&format!("/v1/sessions/{sid}")))
+        .bearer_auth(&alice)
+        .header("X-Request-Id", &request_id)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok()),
+        Some(request_id.as_str())
+    );
+    let bad_token = format!("al_wrong{marker}");
+    let r = api
+        .http
+        .get(api.url("/v1/sessions"))
+        .bearer_auth(&bad_token)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), 401);
+    // The WebSocket carries the token as a subprotocol.
+    let ws_url = api.ws_url(&format!("/v1/sessions/{sid}/events"));
+    let mut req =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(ws_url)
+            .expect("ws request");
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        format!("airlock.v1, airlock.token.{alice}")
+            .parse()
+            .expect("header"),
+    );
+    let (ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("the event stream opens");
+    drop(ws);
+    p.terminate().await;
+
+    let log = p.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("a log line is not JSON ({e}): {l}\n{log}"))
+        })
+        .collect();
+    assert!(lines.len() >= 8, "{log}");
+    for forbidden in [
+        alice.as_str(),
+        bad_token.as_str(),
+        secret.as_str(),
+        replacement.as_str(),
+    ] {
+        assert!(
+            !log.contains(forbidden),
+            "the log contains a token or file contents ({forbidden}):\n{log}"
+        );
+    }
+    let span = |l: &serde_json::Value, k: &str| l["span"][k].as_str().map(str::to_string);
+    assert!(
+        lines.iter().any(
+            |l| span(l, "request_id").as_deref() == Some(request_id.as_str())
+                && span(l, "session_id").as_deref() == Some(sid.as_str())
+                && l["status"] == 200
+        ),
+        "no request line with the proxy's request id and the session id:\n{log}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| span(l, "call_id").as_deref() == Some(cid.as_str())
+                && span(l, "request_id").is_some_and(|r| r.len() >= 32)),
+        "no line of the decision request names the call and a generated request id:\n{log}"
+    );
+    assert!(
+        lines.iter().any(|l| l["status"] == 401),
+        "the refused request is logged (without its token):\n{log}"
+    );
+    for l in &lines {
+        for k in ["timestamp", "level", "target"] {
+            assert!(l.get(k).is_some(), "a line without `{k}`: {l}");
+        }
+    }
+
+    // A server that cannot start says why in JSON too (here: a config with an unknown key).
+    let bad = fx.dir().join("bad.toml");
+    std::fs::write(&bad, "listen = \"127.0.0.1:1\"\nlisten_port = 3\n").expect("bad config");
+    let out = Command::new(airlock_binary())
+        .args(["--log-format", "json", "serve", "--config"])
+        .arg(&bad)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run airlock serve");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let errors: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}\n{stderr}"))
+        })
+        .collect();
+    assert!(
+        errors.iter().any(|l| l["level"] == "ERROR"
+            && l["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("listen_port"))),
+        "{stderr}"
+    );
+}
+
+/// A fresh string that appears nowhere else.
+fn uuid_like() -> String {
+    format!(
+        "{:x}{:x}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
 }
 
 // ---- the compose deployment -----------------------------------------------------------------
