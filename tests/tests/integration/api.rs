@@ -1259,12 +1259,14 @@ async fn orchestrators_sharing_redis_keep_their_calls_and_fail_a_dead_ones() {
     let sid = a.api.session(&alice).await;
 
     // A runs a call; B restarts meanwhile (kill -9, then its recovery): A's call is not B's.
-    let on_a = running_shell(&a.api, &alice, &sid, "sleep 6; echo done-on-a").await;
+    // (Long enough to outlast B's restart on a loaded machine; had B's recovery failed it,
+    // A could not finish it as `succeeded` afterwards.)
+    let on_a = running_shell(&a.api, &alice, &sid, "sleep 12; echo done-on-a").await;
     b.kill9();
     let mut b = ServerProcess::start_with(&fx, 3, &config_b, port_b).await;
     let c = b.api.get_call(&alice, &on_a).await;
-    assert_eq!(
-        c["status"], "running",
+    assert!(
+        c["status"] == "running" || c["status"] == "succeeded",
         "B's recovery touched A's call: {c:#}"
     );
     let c = a
