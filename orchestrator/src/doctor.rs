@@ -279,19 +279,7 @@ pub fn check_workspace_with(
             format!("chown -R {uid}:{gid} {shown}"),
         ));
     }
-    if rootless && meta.uid() != uid {
-        if mode & 0o002 != 0 {
-            return Err((
-                format!("{shown} is world-writable (mode {mode:04o})"),
-                format!("chmod o-w {shown}"),
-            ));
-        }
-        return Ok(format!(
-            "{shown} (owner uid {}; rootless Docker maps the tools' uid {uid} to a subordinate uid, so the owner is not compared)",
-            meta.uid()
-        ));
-    }
-    if meta.uid() != uid {
+    if !rootless && meta.uid() != uid {
         return Err((
             format!(
                 "{shown} is owned by uid {}, but the policy runs this user's tools as uid {uid}",
@@ -306,6 +294,12 @@ pub fn check_workspace_with(
                 "{shown} is world-writable (mode {mode:04o}): any local user can plant files in it"
             ),
             format!("chmod o-w {shown}"),
+        ));
+    }
+    if meta.uid() != uid {
+        return Ok(format!(
+            "{shown} (owner uid {}; rootless Docker maps the tools' uid {uid} to a subordinate uid, so the owner is not compared)",
+            meta.uid()
         ));
     }
     Ok(format!(
@@ -1122,5 +1116,27 @@ mod tests {
         assert!(fix.contains("mkdir -p /nonexistent/ws"), "{fix}");
         let (msg, _) = check_workspace(Path::new("rel/ws"), 1000, 1000).unwrap_err();
         assert!(msg.contains("not an absolute path"), "{msg}");
+    }
+
+    #[test]
+    fn rootless_docker_skips_only_the_owner_comparison() {
+        let dir = std::env::temp_dir().join(format!("airlock-rootless-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.as_path();
+        // A non-root owner (as root: give it one; otherwise it is ours already).
+        if std::fs::metadata(p).unwrap().uid() == 0 {
+            std::os::unix::fs::chown(p, Some(4242), Some(4242)).unwrap();
+        }
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o750)).unwrap();
+        let other = std::fs::metadata(p).unwrap().uid() + 1;
+        let (msg, _) = check_workspace_with(p, other, other, false).unwrap_err();
+        assert!(msg.contains("but the policy runs"), "{msg}");
+        let ok = check_workspace_with(p, other, other, true).unwrap();
+        assert!(ok.contains("rootless Docker"), "{ok}");
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let (msg, fix) = check_workspace_with(p, other, other, true).unwrap_err();
+        assert!(msg.contains("world-writable"), "{msg}");
+        assert!(fix.starts_with("chmod o-w"), "{fix}");
+        std::fs::remove_dir_all(p).unwrap();
     }
 }

@@ -164,24 +164,7 @@ impl Engine {
     /// approving one starts a fresh container. Calls that another live orchestrator is running
     /// are left to it.
     pub async fn recover(&self) -> Result<(usize, usize), EngineError> {
-        let me = self.store.instance().to_string();
-        let mut failed = 0;
-        let mut alive: HashMap<String, bool> = HashMap::new();
-        for (id, runner) in self.store.inflight_calls().await? {
-            let orphaned = match runner.as_deref() {
-                // Moved in flight before runners were recorded: nobody can be running it now
-                // but a server of that version, which a restart replaced.
-                None => true,
-                Some(r) if r == me => true,
-                Some(r) => !self.instance_alive(&mut alive, r).await?,
-            };
-            if orphaned && self.fail_interrupted(&id, runner.as_deref(), true).await {
-                failed += 1;
-                if runner.as_deref() != Some(me.as_str()) {
-                    self.reap_orphan(&id).await;
-                }
-            }
-        }
+        let failed = self.fail_orphaned(true).await?;
         let reaped = self.sandbox.reap().await?;
         Ok((failed, reaped))
     }
@@ -190,50 +173,50 @@ impl Engine {
     /// periodically by every live orchestrator, so a call never stays `running` forever when
     /// the instance running it died and does not come back.
     pub async fn fail_orphans(&self) -> Result<usize, EngineError> {
-        let me = self.store.instance().to_string();
+        self.fail_orphaned(false).await
+    }
+
+    /// Fails the calls in flight nobody runs any more: those of instances without a lease and,
+    /// `at_start`, this instance's own and those with no recorded runner (moved in flight by a
+    /// version that did not record runners; a restart replaced it). Otherwise this process
+    /// tracks its own calls. The containers of other instances' calls are removed (nobody
+    /// enforces their deadlines); this instance's are reaped by label at start-up.
+    async fn fail_orphaned(&self, at_start: bool) -> Result<usize, EngineError> {
+        let me = self.store.instance();
         let mut failed = 0;
         let mut alive: HashMap<String, bool> = HashMap::new();
         for (id, runner) in self.store.inflight_calls().await? {
-            // Our own calls are tracked by this process; unrecorded runners only at start-up.
-            let Some(r) = runner.filter(|r| *r != me) else {
-                continue;
+            let orphaned = match runner.as_deref() {
+                None => at_start,
+                Some(r) if r == me => at_start,
+                Some(r) => match alive.get(r) {
+                    Some(a) => !a,
+                    None => {
+                        let a = self.store.instance_alive(r).await?;
+                        alive.insert(r.to_string(), a);
+                        !a
+                    }
+                },
             };
-            if !self.instance_alive(&mut alive, &r).await?
-                && self.fail_interrupted(&id, Some(&r), false).await
-            {
-                tracing::warn!(call_id = %id, instance = %r, "failed a call whose orchestrator is gone");
-                failed += 1;
-                self.reap_orphan(&id).await;
+            if !orphaned || !self.fail_interrupted(&id, runner.as_deref()).await {
+                continue;
+            }
+            failed += 1;
+            if runner.as_deref() != Some(me) {
+                tracing::warn!(call_id = %id, instance = ?runner, "failed a call whose orchestrator is gone");
+                if let Err(e) = self.sandbox.reap_call(&id).await {
+                    tracing::warn!(call_id = %id, error = %e, "could not remove the orphaned call's container");
+                }
             }
         }
         Ok(failed)
     }
 
-    /// Stops and removes what a dead orchestrator left running for call `id`.
-    async fn reap_orphan(&self, id: &str) {
-        if let Err(e) = self.sandbox.reap_call(id).await {
-            tracing::warn!(call_id = %id, error = %e, "could not remove the orphaned call's container");
-        }
-    }
-
-    async fn instance_alive(
-        &self,
-        cache: &mut HashMap<String, bool>,
-        instance: &str,
-    ) -> Result<bool, EngineError> {
-        if let Some(a) = cache.get(instance) {
-            return Ok(*a);
-        }
-        let a = self.store.instance_alive(instance).await?;
-        cache.insert(instance.to_string(), a);
-        Ok(a)
-    }
-
-    /// Moves an in-flight call to `failed` (`interrupted`, outcome unknown). `restart`: this
-    /// instance restarted; otherwise `runner` is another instance that is gone.
-    async fn fail_interrupted(&self, id: &str, runner: Option<&str>, restart: bool) -> bool {
+    /// Moves an in-flight call to `failed` (`interrupted`, outcome unknown); `runner` is the
+    /// instance that was running it.
+    async fn fail_interrupted(&self, id: &str, runner: Option<&str>) -> bool {
         let message = match runner {
-            Some(r) if !restart || r != self.store.instance() => format!(
+            Some(r) if r != self.store.instance() => format!(
                 "the orchestrator instance `{r}` running this call stopped; its outcome is unknown"
             ),
             _ => "the orchestrator restarted while the call was running; its outcome is unknown"

@@ -33,6 +33,29 @@ pub struct TestSandbox {
     _slot: SemaphorePermit<'static>,
 }
 
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// `text` (a TOML file) with the top-level `key = …` lines of `values` replaced.
+pub fn set_toml_keys(text: &str, values: &[(&str, String)]) -> String {
+    text.lines()
+        .map(|l| {
+            let set = values
+                .iter()
+                .find(|(k, _)| l.starts_with(&format!("{k} = ")));
+            match set {
+                Some((k, v)) => format!("{k} = {v}\n"),
+                None => format!("{l}\n"),
+            }
+        })
+        .collect()
+}
+
 /// One of the suite's Docker slots (a test holding one may run up to two containers at once).
 pub async fn docker_slot() -> SemaphorePermit<'static> {
     DOCKER_SLOTS.acquire().await.expect("never closed")

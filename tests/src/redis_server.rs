@@ -3,7 +3,7 @@
 //! binary is a panic that says how to install it.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -28,11 +28,6 @@ pub struct RedisServer {
     port: u16,
     dir: tempfile::TempDir,
     opts: RedisOptions,
-}
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local addr").port()
 }
 
 impl RedisServer {
@@ -71,7 +66,7 @@ impl RedisServer {
         // The port is free when we look, but another process may take it before redis binds
         // it: try a few.
         for _ in 0..5 {
-            server.port = free_port();
+            server.port = crate::free_port();
             if server.spawn_and_wait() {
                 return server;
             }

@@ -154,10 +154,7 @@ impl Fixture {
             .prefix("airlock-server-")
             .tempdir()
             .expect("tempdir");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let port = crate::free_port();
         let fx = Fixture {
             redis,
             alice: user("alice"),
@@ -240,23 +237,15 @@ impl Fixture {
     /// A config for a second orchestrator on this fixture's Redis and policy: the fixture's
     /// config with another `instance` and a free port. Returns (path, port).
     pub fn second_config(&self, name: &str, instance: &str) -> (PathBuf, u16) {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let port = crate::free_port();
         let text = std::fs::read_to_string(&self.config_path).expect("the config");
-        let text: String = text
-            .lines()
-            .map(|l| {
-                if l.starts_with("listen = ") {
-                    format!("listen = \"127.0.0.1:{port}\"\n")
-                } else if l.starts_with("instance = ") {
-                    format!("instance = \"{instance}\"\n")
-                } else {
-                    format!("{l}\n")
-                }
-            })
-            .collect();
+        let text = crate::set_toml_keys(
+            &text,
+            &[
+                ("listen", format!("\"127.0.0.1:{port}\"")),
+                ("instance", format!("\"{instance}\"")),
+            ],
+        );
         let path = self.dir.path().join(name);
         std::fs::write(&path, text).expect("write the second config");
         (path, port)

@@ -701,10 +701,7 @@ impl Drop for Driver {
 async fn browser() -> (Driver, Browser) {
     require("chromium");
     require("chromedriver");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-        .port();
+    let port = airlock_tests::free_port();
     use std::os::unix::process::CommandExt;
     let child = Command::new("chromedriver")
         .arg(format!("--port={port}"))

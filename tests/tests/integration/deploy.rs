@@ -22,13 +22,6 @@ fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
 /// Pids of live processes whose command line contains `needle`.
 fn processes_with(needle: &str) -> Vec<u32> {
     let mut pids = Vec::new();
@@ -228,7 +221,7 @@ async fn quick_start_runs_an_approved_call_with_embedded_redis_that_dies_with_th
         .tempdir()
         .expect("tempdir");
     let data = tmp.path().join("data");
-    let port = free_port();
+    let port = airlock_tests::free_port();
     let instance = airlock_tests::next_instance("quick");
     let log = tmp.path().join("start-1.log");
     let mut server = Server {
@@ -748,6 +741,13 @@ impl ComposeProject {
         c
     }
 
+    /// `bash compose/SCRIPT ARGS…` with this project's settings, bounded by `limit`.
+    fn script(&self, args: &[&str], limit: Duration) {
+        let mut c = self.command("bash");
+        c.args(args);
+        run_bounded(&mut c, limit, &self.log, &format!("compose/{}", args[0]));
+    }
+
     /// `docker-compose` for this project: the base file, and with `proxy` the socket-proxy
     /// variant on top.
     fn compose(&self, proxy: bool) -> Command {
@@ -850,7 +850,7 @@ async fn compose_stack_builds_offline_and_runs_an_approved_call() {
     )
     .expect("chmod");
     let pid = std::process::id();
-    let port = free_port();
+    let port = airlock_tests::free_port();
     let instance = format!("compose-test-{pid}");
     let executor_tag = format!("airlock-executor:compose-test-{pid}");
     let workspaces = dir.path().join("workspaces");
@@ -896,21 +896,14 @@ async fn compose_stack_builds_offline_and_runs_an_approved_call() {
     // The committed config, pointed at this run's executor image and container label.
     let config = std::fs::read_to_string(repo_root().join("compose/config/airlock.toml"))
         .expect("compose/config/airlock.toml");
-    let config: String = config
-        .lines()
-        .map(|l| {
-            if l.starts_with("image = ") {
-                format!("image = \"{executor_tag}\"")
-            } else if l.starts_with("instance = ") {
-                format!("instance = \"{instance}\"")
-            } else if l.starts_with("allowed_origins = ") {
-                format!("allowed_origins = [\"http://127.0.0.1:{port}\"]")
-            } else {
-                l.to_string()
-            }
-        })
-        .map(|l| l + "\n")
-        .collect();
+    let config = airlock_tests::set_toml_keys(
+        &config,
+        &[
+            ("image", format!("\"{executor_tag}\"")),
+            ("instance", format!("\"{instance}\"")),
+            ("allowed_origins", format!("[\"http://127.0.0.1:{port}\"]")),
+        ],
+    );
     std::fs::write(config_dir.join("airlock.toml"), config).expect("config");
     let log = dir.path().join("compose.log");
     let project = ComposeProject {
@@ -923,30 +916,13 @@ async fn compose_stack_builds_offline_and_runs_an_approved_call() {
     };
 
     // Offline bases from this host's files, then the images, then the files init.sh makes.
-    let mut bases = project.command("bash");
-    bases.args(["local-bases.sh", "builder", "runtime", "redis", "haproxy"]);
-    run_bounded(
-        &mut bases,
-        Duration::from_secs(15 * 60),
-        &log,
-        "compose/local-bases.sh",
+    let minutes = |m: u64| Duration::from_secs(m * 60);
+    project.script(
+        &["local-bases.sh", "builder", "runtime", "redis", "haproxy"],
+        minutes(15),
     );
-    let mut build = project.command("bash");
-    build.arg("build.sh");
-    run_bounded(
-        &mut build,
-        Duration::from_secs(45 * 60),
-        &log,
-        "compose/build.sh",
-    );
-    let mut init = project.command("bash");
-    init.arg("init.sh");
-    run_bounded(
-        &mut init,
-        Duration::from_secs(5 * 60),
-        &log,
-        "compose/init.sh",
-    );
+    project.script(&["build.sh"], minutes(45));
+    project.script(&["init.sh"], minutes(5));
     let secrets = project.dir.path().join("secrets");
     let token = std::fs::read_to_string(secrets.join("admin-token"))
         .expect("init.sh keeps the admin token")
