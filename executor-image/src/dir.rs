@@ -24,6 +24,8 @@ pub struct Meta {
     pub size: u64,
     pub mtime_ns: i128,
     pub ino: u64,
+    pub dev: u64,
+    pub nlink: u64,
     pub mode: u32,
 }
 
@@ -42,6 +44,8 @@ impl Meta {
             size: st.st_size as u64,
             mtime_ns: st.st_mtime as i128 * 1_000_000_000 + st.st_mtime_nsec as i128,
             ino: st.st_ino as u64,
+            dev: st.st_dev as u64,
+            nlink: st.st_nlink as u64,
             mode: st.st_mode as u32 & 0o7777,
         }
     }

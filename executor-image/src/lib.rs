@@ -26,6 +26,7 @@ pub mod protocol;
 
 mod dir;
 mod error;
+mod masks;
 mod protect;
 mod read;
 mod resolve;
@@ -85,7 +86,13 @@ pub fn execute_with(
 ) -> Result<ToolResult, ToolError> {
     check_version(req)?;
     let ws = Workspace::open(root, strategy)?;
-    let prot = protect::Protections::new(&req.protected)?;
+    let mut prot = protect::Protections::new(&req.protected)?;
+    if let Some(view) = &req.sandbox {
+        // Before anything else: the container's masks cover every protected path it can see.
+        let masks = masks::verify(&ws, &prot, &req.limits, view)?;
+        sink(Event::Checked { masks });
+        prot = prot.with_masks(&view.masks);
+    }
     let ctx = Ctx {
         ws: &ws,
         prot: &prot,
@@ -93,14 +100,62 @@ pub fn execute_with(
         mode: req.mode,
         expected_sha256: req.expected_sha256.as_deref(),
     };
-    Ok(match &req.call {
-        ToolCall::ReadFile(a) => ToolResult::ReadFile(read::read_file(&ctx, a)?),
-        ToolCall::ListDir(a) => ToolResult::ListDir(dir::list_dir(&ctx, a)?),
-        ToolCall::Search(a) => ToolResult::Search(dir::search(&ctx, a)?),
-        ToolCall::WriteFile(a) => ToolResult::WriteFile(write::write_file(&ctx, a)?),
-        ToolCall::EditFile(a) => ToolResult::EditFile(write::edit_file(&ctx, a)?),
-        ToolCall::RunShell(a) => ToolResult::RunShell(shell::run_shell(&ctx, a, sink)?),
-    })
+    let mut run = || -> Result<ToolResult, ToolError> {
+        Ok(match &req.call {
+            ToolCall::ReadFile(a) => ToolResult::ReadFile(read::read_file(&ctx, a)?),
+            ToolCall::ListDir(a) => ToolResult::ListDir(dir::list_dir(&ctx, a)?),
+            ToolCall::Search(a) => ToolResult::Search(dir::search(&ctx, a)?),
+            ToolCall::WriteFile(a) => ToolResult::WriteFile(write::write_file(&ctx, a)?),
+            ToolCall::EditFile(a) => ToolResult::EditFile(write::edit_file(&ctx, a)?),
+            ToolCall::RunShell(a) => ToolResult::RunShell(shell::run_shell(&ctx, a, sink)?),
+        })
+    };
+    run().map_err(|e| masked_not_found(&ctx, &req.call, e))
+}
+
+/// A path that leads into a masked directory finds nothing there (the mask is empty): say it
+/// is protected, as the same path said before it was masked, rather than `not_found`.
+fn masked_not_found(ctx: &Ctx<'_>, call: &ToolCall, e: ToolError) -> ToolError {
+    if e.code != ErrorCode::NotFound {
+        return e;
+    }
+    let path = match call {
+        ToolCall::ReadFile(a) => a.path.as_str(),
+        ToolCall::EditFile(a) => a.path.as_str(),
+        ToolCall::WriteFile(a) => a.path.as_str(),
+        ToolCall::ListDir(a) => a.path.as_deref().unwrap_or(""),
+        ToolCall::Search(a) => a.path.as_deref().unwrap_or(""),
+        ToolCall::RunShell(_) => return e,
+    };
+    let parts: Vec<&str> = path.split('/').collect();
+    for n in (1..parts.len()).rev() {
+        let prefix = parts[..n].join("/");
+        if let Ok(r) = ctx.ws.open_read(&prefix) {
+            if ctx.prot.is_no_access(&r.rel) {
+                return ToolError::new(
+                    ErrorCode::ProtectedPath,
+                    format!(
+                        "{} is beneath `{}`, a protected path that may not be read",
+                        error::show(path),
+                        r.rel.display()
+                    ),
+                );
+            }
+        }
+    }
+    e
+}
+
+/// The `survey` request: the masks a container of the workspace at `root` needs.
+pub fn survey(
+    req: &Request,
+    root: &Path,
+    strategy: Strategy,
+) -> Result<protocol::SandboxView, ToolError> {
+    check_version(req)?;
+    let ws = Workspace::open(root, strategy)?;
+    let prot = protect::Protections::new(&req.protected)?;
+    masks::survey(&ws, &prot, &req.limits)
 }
 
 fn check_version(req: &Request) -> Result<(), ToolError> {
@@ -116,6 +171,21 @@ fn check_version(req: &Request) -> Result<(), ToolError> {
 /// Runs `req` and passes every event to `sink`: `output` chunks, then exactly one `result` or
 /// `error`. Returns the exit status for that ending (0 or [`EXIT_TOOL_ERROR`]).
 pub fn run_request(req: &Request, root: &Path, sink: &mut dyn FnMut(Event)) -> i32 {
+    if req.survey {
+        return match survey(req, root, Strategy::Auto) {
+            Ok(view) => {
+                sink(Event::Survey { view });
+                0
+            }
+            Err(e) => {
+                sink(Event::Error {
+                    code: e.code,
+                    message: e.message,
+                });
+                EXIT_TOOL_ERROR
+            }
+        };
+    }
     match execute(req, root, sink) {
         Ok(result) => {
             sink(Event::Result { result });

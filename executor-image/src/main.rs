@@ -9,6 +9,9 @@ fn main() {
     // `too_large`) instead of killing the executor with SIGXFSZ.
     unsafe {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+        // Not dumpable: a command running as the same uid cannot open /proc/1/fd/1 and write
+        // fake protocol events (a forged survey or result) on the executor's stdout.
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
     }
     let stdin = std::io::stdin();
     let stdout = std::io::stdout();

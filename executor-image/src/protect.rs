@@ -5,7 +5,7 @@
 //! defaults (`*` may cross `/`), which errs on the side of protecting more.
 
 use crate::error::{show, ToolError, ToolResultOr};
-use crate::protocol::{ErrorCode, ProtectedPath, Protection};
+use crate::protocol::{ErrorCode, Mask, ProtectedPath, Protection};
 use crate::resolve::RelPath;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use std::ffi::OsStr;
@@ -17,7 +17,13 @@ use std::path::Path;
 pub struct Protections {
     no_access: GlobSet,
     read_only: GlobSet,
+    /// The container's masks: (path, protection).
+    masks: Vec<(Vec<u8>, Protection)>,
 }
+
+/// A name no real file has: a directory whose probe child matches a glob is protected whole
+/// (`.git/**` makes `.git` one read-only view rather than one per entry).
+const PROBE: &[u8] = b"\x01airlock-probe\x01";
 
 impl Protections {
     pub fn new(rules: &[ProtectedPath]) -> ToolResultOr<Protections> {
@@ -39,17 +45,70 @@ impl Protections {
         Ok(Protections {
             no_access: build(no_access)?,
             read_only: build(read_only)?,
+            masks: Vec::new(),
         })
+    }
+
+    /// No glob at all: nothing in the workspace is protected.
+    pub fn has_no_rules(&self) -> bool {
+        self.no_access.is_empty() && self.read_only.is_empty()
+    }
+
+    /// Adds the container's masks to the rules.
+    pub fn with_masks(mut self, masks: &[Mask]) -> Protections {
+        self.masks = masks
+            .iter()
+            .map(|m| (m.path.as_bytes().to_vec(), m.protection))
+            .collect();
+        self
+    }
+
+    /// The strongest mask on `rel` or one of its parents.
+    fn masked(&self, rel: &RelPath) -> Option<Protection> {
+        let b = rel.as_bytes();
+        let mut best = None;
+        for (m, p) in &self.masks {
+            let hit = b == m.as_slice() || (b.starts_with(m) && b.get(m.len()) == Some(&b'/'));
+            if hit && (best.is_none() || *p == Protection::NoAccess) {
+                best = Some(*p);
+            }
+        }
+        best
+    }
+
+    /// What the survey protects at `rel` itself (not through a parent, which the walk has
+    /// already handled): a glob that matches it, or for a directory one that matches every
+    /// name beneath it.
+    pub fn survey_match(&self, rel: &RelPath, is_dir: bool) -> Option<Protection> {
+        let hits = |set: &GlobSet| {
+            if set.is_empty() {
+                return false;
+            }
+            if set.is_match(Path::new(OsStr::from_bytes(rel.as_bytes()))) {
+                return true;
+            }
+            is_dir && set.is_match(Path::new(OsStr::from_bytes(rel.join(PROBE).as_bytes())))
+        };
+        if hits(&self.no_access) {
+            Some(Protection::NoAccess)
+        } else if hits(&self.read_only) {
+            Some(Protection::ReadOnly)
+        } else {
+            None
+        }
     }
 
     /// True when `rel` (or a parent directory of it) may not be read at all.
     pub fn is_no_access(&self, rel: &RelPath) -> bool {
         matches_self_or_parent(&self.no_access, rel)
+            || self.masked(rel) == Some(Protection::NoAccess)
     }
 
     /// True when `rel` may not be written (no-access implies read-only).
     pub fn is_read_only(&self, rel: &RelPath) -> bool {
-        self.is_no_access(rel) || matches_self_or_parent(&self.read_only, rel)
+        self.is_no_access(rel)
+            || matches_self_or_parent(&self.read_only, rel)
+            || self.masked(rel).is_some()
     }
 
     /// Refuses reading the content of `rel`; `shown` is the path the caller gave.

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Version of the wire protocol; bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Exit status the executor uses when it reported an `error` event (the tool failed cleanly).
 pub const EXIT_TOOL_ERROR: i32 = 3;
@@ -158,7 +158,7 @@ pub enum Mode {
 }
 
 /// What a protected-path rule forbids.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Protection {
     /// Neither read nor written (e.g. `**/.env`).
@@ -193,6 +193,11 @@ pub struct ExecLimits {
     pub max_diff_file_bytes: u64,
     /// Most files `run_shell` snapshots to report changes.
     pub max_snapshot_files: u32,
+    /// Most entries the protected-path survey walks; a larger workspace cannot be masked and
+    /// every call in it fails with `too_large` (fail closed).
+    pub max_survey_entries: u32,
+    /// Most masks one container gets; beyond it, masks are merged into directory masks.
+    pub max_masks: u32,
 }
 
 impl Default for ExecLimits {
@@ -205,6 +210,8 @@ impl Default for ExecLimits {
             max_entries: 10_000,
             max_diff_file_bytes: 64 * 1024,
             max_snapshot_files: 20_000,
+            max_survey_entries: 200_000,
+            max_masks: 64,
         }
     }
 }
@@ -226,6 +233,49 @@ pub struct Request {
     pub protected: Vec<ProtectedPath>,
     #[serde(default)]
     pub limits: ExecLimits,
+    /// The masks the orchestrator mounted over the protected paths of this container. When
+    /// present, the executor first checks that every protected path it can see is masked
+    /// (`checked`, or `stale_sandbox` and exit) and refuses masked paths in every tool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<SandboxView>,
+    /// Instead of running `call`, list the masks a container of this workspace needs
+    /// (one `survey` event). Runs in a read-only container without masks.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub survey: bool,
+}
+
+/// What a mask hides: a file (bind of `/dev/null`) or a directory (an empty read-only tmpfs);
+/// for `read_only` protection, a read-only view of the same file or directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MaskKind {
+    File,
+    Dir,
+}
+
+/// One mount over a protected path, relative to the workspace root.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mask {
+    /// Canonical workspace-relative path (`/`-separated, no `.`/`..`, never empty).
+    pub path: String,
+    pub kind: MaskKind,
+    pub protection: Protection,
+}
+
+/// The protected-path survey of a workspace: the masks a container needs, and the hard-linked
+/// files that were found to be no protected file's alias.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxView {
+    pub masks: Vec<Mask>,
+    /// Regular files with more than one link whose other names are not protected.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub known_links: Vec<String>,
+    /// Directories masked whole because the workspace had more matches than `max_masks`
+    /// (or a name that cannot be mounted over), with the protection they got.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub merged: Vec<String>,
 }
 
 fn default_version() -> u32 {
@@ -244,6 +294,8 @@ impl Request {
             expected_sha256: None,
             protected: Vec::new(),
             limits: ExecLimits::default(),
+            sandbox: None,
+            survey: false,
         }
     }
 }
@@ -266,6 +318,11 @@ pub enum Event {
     Result { result: ToolResult },
     /// The tool failed with a stable code and a message a person understands.
     Error { code: ErrorCode, message: String },
+    /// The container's masks cover every protected path the executor sees; the tool runs
+    /// next. Sent first whenever the request carries a `sandbox` view.
+    Checked { masks: u32 },
+    /// The answer to a `survey` request.
+    Survey { view: SandboxView },
 }
 
 /// Stable error codes (public contract: clients match on them).
@@ -281,6 +338,9 @@ pub enum ErrorCode {
     NotUnique,
     /// The file changed since the preview the approval was bound to.
     StaleFile,
+    /// The workspace has a protected path the container's masks do not cover (it changed
+    /// since the survey): nothing ran; the orchestrator surveys again and retries once.
+    StaleSandbox,
     /// A file or argument exceeds a cap.
     TooLarge,
     InvalidRequest,
@@ -304,6 +364,7 @@ impl ErrorCode {
             ErrorCode::NotFound => "not_found",
             ErrorCode::NotUnique => "not_unique",
             ErrorCode::StaleFile => "stale_file",
+            ErrorCode::StaleSandbox => "stale_sandbox",
             ErrorCode::TooLarge => "too_large",
             ErrorCode::InvalidRequest => "invalid_request",
             ErrorCode::IsADirectory => "is_a_directory",

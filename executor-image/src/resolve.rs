@@ -114,9 +114,19 @@ pub struct WriteTarget {
     pub rel: RelPath,
     /// The current file, opened read-only, when it exists (always a regular file).
     pub existing: Option<File>,
+    /// The name holds something that is not a regular file (see [`WriteTarget::check_kind`]).
+    not_regular: Option<ToolError>,
 }
 
 impl WriteTarget {
+    /// Refuses a target that exists but is not a regular file (a directory, a device).
+    pub fn check_kind(&self) -> ToolResultOr<()> {
+        match &self.not_regular {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+
     /// Creates the missing parent directories, fd-relative, and moves `parent` to the last one.
     pub fn create_parents(&mut self) -> Result<(), Errno> {
         for dir in std::mem::take(&mut self.missing_dirs) {
@@ -559,6 +569,7 @@ impl Workspace {
                         missing_dirs: missing,
                         name,
                         existing: None,
+                        not_regular: None,
                     }));
                 }
                 (Step::Missing, _, _) => {
@@ -611,23 +622,28 @@ fn finish_write(
 ) -> ToolResultOr<WriteTarget> {
     let parent_rel = RelPath::from_names(names.iter().copied());
     let rel = parent_rel.join(name);
+    let mut not_regular = None;
     let existing = match step {
         Step::Missing => None,
         Step::Opened(fd) => {
             let st = rustix::fs::fstat(&fd).map_err(|e| ToolError::from_errno(e, shown))?;
+            // Reported after the protected-path check: a masked `.env` is a device in the
+            // container, and the caller should hear "protected", not "not a regular file".
             match FileType::from_raw_mode(st.st_mode) {
                 FileType::RegularFile => Some(File::from(fd)),
                 FileType::Directory => {
-                    return Err(ToolError::new(
+                    not_regular = Some(ToolError::new(
                         ErrorCode::IsADirectory,
                         format!("{} is a directory", show(shown)),
-                    ))
+                    ));
+                    None
                 }
                 other => {
-                    return Err(ToolError::invalid(format!(
+                    not_regular = Some(ToolError::invalid(format!(
                         "{} is not a regular file ({other:?})",
                         show(shown)
-                    )))
+                    )));
+                    None
                 }
             }
         }
@@ -648,6 +664,7 @@ fn finish_write(
         parent_rel,
         rel,
         existing,
+        not_regular,
     })
 }
 
@@ -890,7 +907,10 @@ mod tests {
             }
             for p in ["", ".", "sub", "sub_link", "sub/.."] {
                 assert_eq!(
-                    ws.resolve_write(p, true).unwrap_err().code,
+                    ws.resolve_write(p, true)
+                        .and_then(|t| t.check_kind())
+                        .unwrap_err()
+                        .code,
                     ErrorCode::IsADirectory,
                     "{strategy:?} {p}"
                 );

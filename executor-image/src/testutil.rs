@@ -109,6 +109,8 @@ impl T {
             expected_sha256: self.expected.clone(),
             protected: self.protected.clone(),
             limits: self.limits.clone(),
+            sandbox: None,
+            survey: false,
         }
     }
 

@@ -27,6 +27,7 @@ pub fn write_file(ctx: &Ctx<'_>, args: &WriteFileArgs) -> ToolResultOr<ChangeRes
     check_size(ctx, shown, args.content.len())?;
     let mut target = ctx.ws.resolve_write(shown, true)?;
     ctx.prot.check_write(&target.rel, shown)?;
+    target.check_kind()?;
     let current = read_current(ctx, &mut target, shown)?;
     check_expected(ctx, shown, current.as_ref())?;
     finish(ctx, target, shown, current, args.content.as_bytes())
@@ -43,6 +44,7 @@ pub fn edit_file(ctx: &Ctx<'_>, args: &EditFileArgs) -> ToolResultOr<ChangeResul
     }
     let mut target = ctx.ws.resolve_write(shown, false)?;
     ctx.prot.check_write(&target.rel, shown)?;
+    target.check_kind()?;
     let Some(current) = read_current(ctx, &mut target, shown)? else {
         return Err(ToolError::new(
             ErrorCode::NotFound,

@@ -116,6 +116,7 @@ pub async fn bench_sandbox(
         session_id: "bench".into(),
         call_id: format!("bench-{i}"),
         tool: "read_file".into(),
+        protected: Vec::new(),
     };
     let args = docker_run_args(sandbox.image_id(), profile, workspace);
     let mut out = SandboxBench::default();

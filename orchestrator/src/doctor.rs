@@ -663,6 +663,7 @@ async fn probe(
         session_id: "doctor".into(),
         call_id: uuid::Uuid::new_v4().to_string(),
         tool: "run_shell".into(),
+        protected: Vec::new(),
     };
     let handle = sandbox.run(profile, &spec, &request).await?;
     let (events, outcome) = handle.collect().await;

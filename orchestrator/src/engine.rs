@@ -332,7 +332,8 @@ impl Engine {
             ));
         }
         let g = Grant::new(tool, pattern).map_err(EngineError::BadRequest)?;
-        let shown = json!({"tool": g.tool.as_str(), "pattern": g.pattern});
+        // `writable`: what the grant allows runs with the mount its approval had.
+        let shown = json!({"tool": g.tool.as_str(), "pattern": g.pattern, "writable": g.write});
         self.grants
             .add(session_id, g)
             .map_err(EngineError::Conflict)?;
@@ -519,9 +520,15 @@ impl Engine {
             protected: policy.protected_for(user),
             ..Request::new(call.clone())
         };
-        let spec = self.spec(user, rec, false);
+        let spec = self.spec(user, policy, rec, false);
         let profile = policy.profile_for(user);
-        let handle = self.sandbox.run(&profile, &spec, &req).await?;
+        let handle = match self.sandbox.run(&profile, &spec, &req).await {
+            Ok(h) => h,
+            Err(e) => match e.as_tool_error() {
+                Some((code, message)) => return Ok(Err(json!({"code": code, "message": message}))),
+                None => return Err(e.into()),
+            },
+        };
         let (events, outcome) = handle.collect().await;
         for e in events {
             match e {
@@ -540,13 +547,14 @@ impl Engine {
         })))
     }
 
-    fn spec(&self, user: &User, rec: &CallRecord, writable: bool) -> CallSpec {
+    fn spec(&self, user: &User, policy: &Policy, rec: &CallRecord, writable: bool) -> CallSpec {
         CallSpec {
             workspace: user.workspace.clone(),
             writable,
             session_id: rec.session_id.clone(),
             call_id: rec.id.clone(),
             tool: rec.tool.clone(),
+            protected: policy.protected_for(user),
         }
     }
 
@@ -558,7 +566,8 @@ impl Engine {
         }
         let sandbox = self.sandbox.clone();
         let profile = policy.profile_for(user);
-        let spec = self.spec(user, rec, call.mutates());
+        // Only an approved call gets here: it runs with the mount its tool needs.
+        let spec = self.spec(user, policy, rec, call.mutates());
         let task = tokio::spawn(async move { sandbox.prepare(&profile, &spec).await });
         map.insert(rec.id.clone(), task);
     }
@@ -823,20 +832,24 @@ impl Engine {
         if let Err(e) = self.execute_inner(&user, &rec).await {
             tracing::warn!(call_id = %id, error = %e, "call failed before it could finish");
             self.discard_prepared(&id);
-            let msg = e.to_string();
-            let audit = self.audit(&rec, "system", "failed", "error");
-            for to in [CallStatus::Failed] {
-                let _ = self
-                    .store
-                    .transition(
-                        &id,
-                        to,
-                        &[("error", json!({"code": "internal", "message": msg}).to_string())],
-                        Some(("call_finished", json!({"call_id": id, "status": "failed", "error": {"code": "internal", "message": msg}}))),
-                        Some(&audit),
-                    )
-                    .await;
+            // The workspace's own faults (stale masks twice, a survey that failed) keep their
+            // stable code; anything else is internal.
+            let (code, msg) = match &e {
+                EngineError::Sandbox(s) => s.as_tool_error(),
+                _ => None,
             }
+            .unwrap_or_else(|| ("internal".to_string(), e.to_string()));
+            let audit = self.audit(&rec, "system", "failed", "error");
+            let _ = self
+                .store
+                .transition(
+                    &id,
+                    CallStatus::Failed,
+                    &[("error", json!({"code": code, "message": msg}).to_string())],
+                    Some(("call_finished", json!({"call_id": id, "status": "failed", "error": {"code": code, "message": msg}}))),
+                    Some(&audit),
+                )
+                .await;
             self.metrics.count_call(&rec.tool, "failed");
         }
     }
@@ -878,21 +891,39 @@ impl Engine {
             },
             None => None,
         };
-        // A container prepared under another policy (other limits, runtime, image, uid:gid or
-        // workspace) is replaced: the call runs with what the policy in force says.
+        // What nobody approved cannot write: a shell command the policy allows runs with a
+        // read-only workspace unless the rule (or the session grant) that allowed it says
+        // `write`. An approved call, and an allowed write_file/edit_file, write.
+        let writable = match &call {
+            ToolCall::RunShell(_) if rec.decision == Decision::Allow => {
+                policy
+                    .evaluate_with_grants(user, &call, &self.grants.get(&rec.session_id))
+                    .write
+            }
+            _ => call.mutates(),
+        };
+        let spec = self.spec(user, &policy, rec, writable);
+        // A container prepared under another policy (other limits, runtime, image, uid:gid,
+        // workspace or protected paths) is replaced: the call runs with what the policy in
+        // force says.
         let profile = policy.profile_for(user);
         let prepared = match prepared {
-            Some(p) if *p.profile() == profile && p.workspace() == user.workspace => p,
+            Some(p)
+                if *p.profile() == profile
+                    && p.workspace() == user.workspace
+                    && p.protected() == spec.protected.as_slice() =>
+            {
+                p
+            }
             stale => {
                 if let Some(old) = stale {
                     tokio::spawn(old.discard());
                 }
-                let spec = self.spec(user, rec, call.mutates());
                 self.sandbox.prepare(&profile, &spec).await?
             }
         };
         let sent = Instant::now();
-        let mut handle = prepared.send(&req).await?;
+        let mut handle = self.sandbox.send(prepared, &profile, &spec, &req).await?;
         self.running
             .lock()
             .expect("running lock")
@@ -904,6 +935,8 @@ impl Engine {
         // OOM flag and removal add nothing but ~40 ms of Docker round trips, so they are left
         // to a background drain. run_shell waits for the full outcome (OOM, timeout).
         let early_finish = !matches!(call, ToolCall::RunShell(_));
+        let masks = handle.masks();
+        let merged = handle.merged_masks().to_vec();
         while let Some(ev) = handle.next().await {
             let last = matches!(
                 ev,
@@ -927,6 +960,7 @@ impl Engine {
                     error = Some(json!({"code": code, "message": message}))
                 }
                 SandboxEvent::Finished(o) => outcome = Some(o),
+                SandboxEvent::Executor(Event::Checked { .. } | Event::Survey { .. }) => {}
             }
             if last && early_finish {
                 outcome = Some(crate::sandbox::Outcome {
@@ -956,6 +990,9 @@ impl Engine {
             "output_truncated": o.output_truncated,
             "cancelled": o.cancelled,
             "duration_ms": o.duration.as_millis() as u64,
+            "masks": masks,
+            "masked_directories": merged,
+            "writable": writable,
         });
         let mut patch = vec![("outcome", outcome_json.to_string())];
         if let Some(r) = &result {
@@ -964,7 +1001,11 @@ impl Engine {
         if let Some(e) = &error {
             patch.push(("error", e.to_string()));
         }
-        let audit = self.audit(rec, "system", "finished", status.as_str());
+        let mut audit = self.audit(rec, "system", "finished", status.as_str());
+        audit.detail = Some(format!(
+            "{masks} masks over protected paths; {} workspace",
+            if writable { "writable" } else { "read-only" }
+        ));
         self.store
             .transition(
                 &rec.id,

@@ -478,8 +478,27 @@ fn policy_cmd(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
                 None => airlock::policy::evaluate(p.defaults(), &call, &[]),
             };
             let rule = p.rule_info(&v.rule);
+            let protected = match &user {
+                Some(name) => p.user(name).map(|u| p.protected_for(u)).unwrap_or_default(),
+                None => p.defaults().protected.clone(),
+            };
+            // The mount a call gets: what nobody approved cannot write.
+            let workspace = match (&call, v.decision) {
+                (_, airlock::calls::Decision::Deny) => "none (denied)",
+                (ToolCall::RunShell(_), airlock::calls::Decision::Allow) if !v.write => {
+                    "read-only (allowed without asking; an allow rule with `write = true` makes it writable)"
+                }
+                (ToolCall::RunShell(_), airlock::calls::Decision::Allow) => {
+                    "writable (the allowing rule says `write = true`)"
+                }
+                (c, airlock::calls::Decision::Ask) if c.mutates() => "writable once approved",
+                (c, _) if c.mutates() => "writable",
+                _ => "read-only",
+            };
             if json {
                 let out = serde_json::json!({
+                    "workspace": workspace,
+                    "protected": protected,
                     "decision": v.decision,
                     "rule": v.rule,
                     "rule_line": rule.as_ref().map(|r| r.0),
@@ -507,6 +526,21 @@ fn policy_cmd(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
                 println!("how:");
                 for d in &v.details {
                     println!("  {d}");
+                }
+            }
+            println!("workspace: {workspace}");
+            if !protected.is_empty() {
+                println!("protected paths (the same for every tool, shell commands included):");
+                for pp in &protected {
+                    let how = match pp.protection {
+                        airlock_executor::protocol::Protection::NoAccess => {
+                            "no_access: refused by the file tools, and masked (empty, read-only) in every container"
+                        }
+                        airlock_executor::protocol::Protection::ReadOnly => {
+                            "read_only: readable, never written (a read-only view in every writable container)"
+                        }
+                    };
+                    println!("  {:<16} {how}", pp.glob);
                 }
             }
             println!(
@@ -598,7 +632,7 @@ async fn sandbox_run(docker: Option<String>, a: RunArgs) -> anyhow::Result<ExitC
     let request = Request {
         mode: if a.write { Mode::Apply } else { Mode::Preview },
         expected_sha256: a.expected_sha256,
-        protected,
+        protected: protected.clone(),
         limits: ExecLimits::default(),
         ..Request::new(call.clone())
     };
@@ -615,6 +649,7 @@ async fn sandbox_run(docker: Option<String>, a: RunArgs) -> anyhow::Result<ExitC
         session_id: "cli".into(),
         call_id: uuid::Uuid::new_v4().to_string(),
         tool: call.name().into(),
+        protected,
     };
     let mut handle = sandbox.run(&profile, &spec, &request).await?;
     let mut tool_failed = false;

@@ -288,6 +288,7 @@ impl Policy {
                 rule: "built-in: the user is not in the policy in force".into(),
                 reason: None,
                 details: Vec::new(),
+                write: false,
             },
         }
     }
@@ -699,6 +700,9 @@ impl Compiler<'_> {
         if let Some(c) = &rule.command {
             summary += &format!(" command {:?}", c.get_ref().0);
         }
+        if rule.write {
+            summary += " (writable workspace)";
+        }
         Some(eval::CompiledRule {
             id: id.to_string(),
             line,
@@ -708,6 +712,7 @@ impl Compiler<'_> {
             commands,
             session_grants: rule.session_grants != Some(false),
             reason: rule.reason.clone(),
+            write: rule.write,
             summary,
         })
     }

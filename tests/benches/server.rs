@@ -6,6 +6,10 @@
 //! with 8 concurrent sessions against 8 concurrent `docker run` loops, and the server's RSS with
 //! 200 idle WebSocket sessions.
 //!
+//! Also: what protecting paths inside the sandbox costs an allowed shell call (the executor's
+//! check before the command, and a survey when the workspace has none cached), on a small
+//! workspace and on one of 10,000 files, against the same call with no protected paths.
+//!
 //! Environment: `AIRLOCK_BENCH_N` (iterations, default 20), `AIRLOCK_BENCH_SECS` (throughput
 //! window per side, default 10).
 
@@ -13,9 +17,10 @@ use std::time::{Duration, Instant};
 
 use airlock::bench::{docker_run_args, percentile};
 use airlock::protocol::{Event, Mode};
+use airlock::protocol::{ProtectedPath, Protection};
 use airlock::sandbox::{Profile, Runtime, Sandbox, SandboxConfig, SandboxEvent};
-use airlock_tests::request;
 use airlock_tests::server::{Fixture, ServerOptions, ServerProcess};
+use airlock_tests::{request, Workspace};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -310,5 +315,105 @@ async fn main() {
         let _ = s.close(None).await;
     }
     let _ = ws.close(None).await;
+    protected_paths_cost(&sandbox, &profile, n, base).await;
     sandbox.drain().await;
+}
+
+/// One allowed `run_shell` through the sandbox (cold container), to its result.
+async fn shell_once(
+    sandbox: &Sandbox,
+    profile: &Profile,
+    ws: &Workspace,
+    protected: Vec<ProtectedPath>,
+) -> Duration {
+    let req = request(
+        "run_shell",
+        json!({"command": "cat bench.txt"}),
+        Mode::Apply,
+    );
+    let mut spec = ws.spec(&req.call, false);
+    spec.protected = protected;
+    let t = Instant::now();
+    let mut h = sandbox.run(profile, &spec, &req).await.expect("run");
+    let mut done = None;
+    while let Some(ev) = h.next().await {
+        match ev {
+            SandboxEvent::Executor(Event::Result { .. }) => done = Some(t.elapsed()),
+            SandboxEvent::Executor(Event::Error { code, message }) => {
+                panic!("the benchmark call failed: {code}: {message}")
+            }
+            _ => {}
+        }
+    }
+    done.expect("a result")
+}
+
+async fn protected_paths_cost(sandbox: &Sandbox, profile: &Profile, n: usize, base: Duration) {
+    let rules = |extra: Option<usize>| {
+        let p = |glob: &str, protection| ProtectedPath {
+            glob: glob.into(),
+            protection,
+        };
+        let mut v = vec![
+            p(".git/**", Protection::ReadOnly),
+            p("**/.env", Protection::NoAccess),
+            p("**/*.pem", Protection::NoAccess),
+            p("**/id_*", Protection::NoAccess),
+        ];
+        // A rule set never seen before: no cached survey, so the call surveys first.
+        if let Some(i) = extra {
+            v.push(p(&format!("no-such-name-{i}"), Protection::NoAccess));
+        }
+        v
+    };
+    let secrets = |ws: &Workspace| {
+        ws.write("bench.txt", "hello from the benchmark\n".repeat(40))
+            .write(".env", "S=1\n")
+            .write("config/.env", "S=2\n")
+            .write("deploy/id_rsa", "K\n")
+            .write(".git/config", "[core]\n");
+    };
+    let small = Workspace::new();
+    secrets(&small);
+    let big = Workspace::new();
+    secrets(&big);
+    for i in 0..10_000 {
+        big.write(&format!("src/d{}/f{i}.txt", i / 100), "x\n");
+    }
+    let mut rows: Vec<(&str, Vec<Duration>)> = vec![
+        ("no protected paths (baseline)", vec![]),
+        ("masks, small workspace", vec![]),
+        ("masks, 10,000 files", vec![]),
+        ("survey + masks, small workspace", vec![]),
+        ("survey + masks, 10,000 files", vec![]),
+    ];
+    eprintln!("protected paths: {n} interleaved iterations (+1 warm-up)");
+    for i in 0..=n {
+        let d = [
+            shell_once(sandbox, profile, &small, vec![]).await,
+            shell_once(sandbox, profile, &small, rules(None)).await,
+            shell_once(sandbox, profile, &big, rules(None)).await,
+            shell_once(sandbox, profile, &small, rules(Some(2 * i))).await,
+            shell_once(sandbox, profile, &big, rules(Some(2 * i + 1))).await,
+        ];
+        if i > 0 {
+            for (row, d) in rows.iter_mut().zip(d) {
+                row.1.push(d);
+            }
+        }
+        eprint!("\r{i}/{n}");
+    }
+    eprintln!();
+    println!(
+        "\n== protected paths: an allowed run_shell (`cat bench.txt`), direct sandbox, runc =="
+    );
+    let zero = percentile(&rows[0].1, 0.5);
+    for (name, v) in &rows {
+        line(name, v, base);
+        println!(
+            "{:<34} added p50 {:>+7.1} ms",
+            "",
+            ms(percentile(v, 0.5)) - ms(zero)
+        );
+    }
 }

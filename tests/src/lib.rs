@@ -390,6 +390,7 @@ impl Workspace {
             session_id: "test-session".into(),
             call_id: format!("call-{}", COUNTER.fetch_add(1, Ordering::SeqCst)),
             tool: call.name().into(),
+            protected: Vec::new(),
         }
     }
 }

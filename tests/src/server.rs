@@ -46,6 +46,9 @@ pub struct ServerOptions {
     pub persistent_redis: bool,
     /// The policy's decision per tool (`[defaults.tools]`).
     pub tools: Vec<(&'static str, &'static str)>,
+    /// A whole policy to use instead of `tools` (e.g. policies/default.toml); the users are
+    /// appended to it.
+    pub base_policy: Option<String>,
 }
 
 /// read_file / list_dir allowed, search denied by policy, the rest asks.
@@ -67,6 +70,7 @@ impl Default for ServerOptions {
             max_streams_per_user: 8,
             persistent_redis: false,
             tools: DEFAULT_TOOLS.to_vec(),
+            base_policy: None,
         }
     }
 }
@@ -174,11 +178,17 @@ impl Fixture {
     }
 
     fn write_files(&self) {
-        let mut policy = String::from("[defaults.tools]\n");
-        for (tool, decision) in &self.opts.tools {
-            policy += &format!("{tool} = \"{decision}\"\n");
-        }
-        policy += "\n[defaults.limits]\ntimeout_secs = 60\n";
+        let mut policy = match &self.opts.base_policy {
+            Some(base) => base.clone(),
+            None => {
+                let mut policy = String::from("[defaults.tools]\n");
+                for (tool, decision) in &self.opts.tools {
+                    policy += &format!("{tool} = \"{decision}\"\n");
+                }
+                policy += "\n[defaults.limits]\ntimeout_secs = 60\n";
+                policy
+            }
+        };
         for (u, role) in [
             (&self.alice, "user"),
             (&self.bob, "user"),

@@ -651,9 +651,14 @@ impl Chat {
                 self.block(&format!(
                     "{}\n",
                     s.blue(&format!(
-                        "allowed for the rest of this session: {} {}",
+                        "allowed for the rest of this session: {} {}{}",
                         one_line(&str_of("tool")),
-                        one_line(&str_of("pattern"))
+                        one_line(&str_of("pattern")),
+                        if d["writable"] == serde_json::Value::Bool(true) {
+                            " (runs with a writable workspace, as approved)"
+                        } else {
+                            ""
+                        }
                     ))
                 ));
             }

@@ -36,6 +36,10 @@ pub struct Verdict {
     pub reason: Option<String>,
     /// How it was reached, one line per step (e.g. one per shell segment).
     pub details: Vec<String>,
+    /// For a run_shell call the policy allows: whether it runs with a writable workspace
+    /// (every allowing rule or grant says `write`). Otherwise false; an approved call is
+    /// writable because a person approved exactly it.
+    pub write: bool,
 }
 
 /// A compiled rule of some layer.
@@ -51,6 +55,8 @@ pub struct CompiledRule {
     pub commands: Option<Vec<CommandPattern>>,
     pub session_grants: bool,
     pub reason: Option<String>,
+    /// An allow rule that gives run_shell a writable workspace.
+    pub write: bool,
     /// One line describing the rule (`deny run_shell command "curl *"`).
     pub summary: String,
 }
@@ -187,6 +193,9 @@ impl CommandPattern {
 pub struct Grant {
     pub tool: ToolName,
     pub pattern: String,
+    /// run_shell: what it allows runs with a writable workspace, as the approval it was made
+    /// from did.
+    pub write: bool,
     matcher: GrantMatcher,
 }
 
@@ -215,6 +224,7 @@ impl Grant {
         Ok(Grant {
             tool: t,
             pattern: pattern.to_string(),
+            write: t == ToolName::RunShell,
             matcher,
         })
     }
@@ -263,6 +273,8 @@ struct Judged {
     grantable: bool,
     /// Came from a `[tools]` fallback (no rule matched).
     fallback: bool,
+    /// An allow that gives a writable workspace.
+    write: bool,
 }
 
 impl Judged {
@@ -273,6 +285,7 @@ impl Judged {
             reason: r.reason.clone(),
             grantable: session_grants && r.session_grants,
             fallback: false,
+            write: r.write,
         }
     }
 
@@ -283,6 +296,7 @@ impl Judged {
             reason: None,
             grantable: false,
             fallback: false,
+            write: false,
         }
     }
 }
@@ -295,7 +309,15 @@ fn strictest<'a>(
 ) -> Judged {
     let mut best: Option<&CompiledRule> = None;
     for r in matching {
-        if best.is_none_or(|b| stricter(r.decision, b.decision)) {
+        // Among allow rules, one that says `write` wins: the admin allowed this command to
+        // write explicitly, and another rule allowing it read-only does not take that back.
+        if best.is_none_or(|b| {
+            stricter(r.decision, b.decision)
+                || (r.decision == b.decision
+                    && r.decision == Decision::Allow
+                    && r.write
+                    && !b.write)
+        }) {
             best = Some(r);
         }
     }
@@ -309,6 +331,7 @@ fn strictest<'a>(
                 reason: None,
                 grantable: eff.session_grants,
                 fallback: true,
+                write: false,
             }
         }
     }
@@ -382,6 +405,7 @@ pub fn evaluate(eff: &Effective, call: &ToolCall, grants: &[Grant]) -> Verdict {
                         reason: None,
                         grantable: false,
                         fallback: false,
+                        write: g.write,
                     };
                 }
             }
@@ -400,6 +424,7 @@ pub fn evaluate(eff: &Effective, call: &ToolCall, grants: &[Grant]) -> Verdict {
 fn verdict(j: Judged, details: Vec<String>) -> Verdict {
     Verdict {
         decision: j.decision,
+        write: false,
         rule: j.rule,
         reason: j.reason,
         details,
@@ -518,6 +543,7 @@ fn evaluate_shell(eff: &Effective, command: &str, cwd: Option<&str>, grants: &[G
     };
     let mut details = Vec::new();
     let mut worst: Option<Judged> = None;
+    let mut write = true;
     for seg in &segments {
         if seg.words.is_empty() && !seg.writes_file() {
             continue; // assignments or descriptor juggling only
@@ -556,14 +582,21 @@ fn evaluate_shell(eff: &Effective, command: &str, cwd: Option<&str>, grants: &[G
                     reason: None,
                     grantable: false,
                     fallback: false,
+                    write: g.write,
                 };
             }
         }
+        write &= j.decision != Decision::Allow || j.write;
         details.push(format!(
-            "segment `{}` → {} by {}",
+            "segment `{}` → {} by {}{}",
             seg.source,
             name(j.decision),
-            j.rule
+            j.rule,
+            if j.decision == Decision::Allow && j.write {
+                " (writable workspace)"
+            } else {
+                ""
+            }
         ));
         // The strictest segment decides; among equals, a rule says more than a fallback.
         if worst.as_ref().is_none_or(|w| {
@@ -581,7 +614,10 @@ fn evaluate_shell(eff: &Effective, command: &str, cwd: Option<&str>, grants: &[G
             .filter(|r| r.applies_to(tool) && r.is_tool_wide());
         strictest(wide, eff, tool)
     });
-    verdict(j, details)
+    let allowed = j.decision == Decision::Allow;
+    let mut v = verdict(j, details);
+    v.write = allowed && write && !v.details.is_empty();
+    v
 }
 
 #[cfg(test)]

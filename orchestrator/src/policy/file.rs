@@ -246,6 +246,11 @@ pub struct Rule {
     /// Why the rule exists; shown to the user when it decides a call.
     #[serde(default)]
     pub reason: Option<String>,
+    /// For an `allow` rule on run_shell: run what it allows with a writable workspace. Without
+    /// it, a command nobody approved gets a read-only workspace, whatever its text looks like
+    /// (e.g. `write = true` on an allow rule for `cargo fmt`).
+    #[serde(default)]
+    pub write: bool,
 }
 
 /// A protected path.

@@ -5,13 +5,16 @@
 
 pub mod image;
 pub mod profile;
+mod views;
 
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use airlock_executor::protocol::{Event, Request};
+use airlock_executor::protocol::{
+    ErrorCode, Event, ListDirArgs, Protection, Request, SandboxView, ToolCall,
+};
 use bollard::container::LogOutput;
 use bollard::errors::Error as DockerError;
 use bollard::query_parameters::{
@@ -51,6 +54,26 @@ pub enum SandboxError {
     Io(#[from] std::io::Error),
     #[error("image build failed: {0}")]
     Build(String),
+    /// The workspace changed between the survey of its protected paths and the call, twice:
+    /// nothing ran.
+    #[error("{0}")]
+    Stale(String),
+    /// The survey of the workspace's protected paths failed (a stable executor error code):
+    /// no container for the call was made.
+    #[error("{message}")]
+    Survey { code: String, message: String },
+}
+
+impl SandboxError {
+    /// The stable code and message to record on a call this error stopped, when it is the
+    /// workspace's fault rather than the infrastructure's.
+    pub fn as_tool_error(&self) -> Option<(String, String)> {
+        match self {
+            SandboxError::Stale(m) => Some((ErrorCode::StaleSandbox.as_str().into(), m.clone())),
+            SandboxError::Survey { code, message } => Some((code.clone(), message.clone())),
+            _ => None,
+        }
+    }
 }
 
 /// What the caller receives for one call, in order: executor events as they arrive, then
@@ -144,6 +167,7 @@ struct Inner {
     limit: Arc<Semaphore>,
     max_containers: usize,
     runtimes: Vec<String>,
+    views: views::Views,
 }
 
 /// A handle to the sandbox; cheap to clone.
@@ -178,6 +202,7 @@ impl Sandbox {
                 limit: Arc::new(Semaphore::new(config.max_containers.max(1))),
                 max_containers: config.max_containers.max(1),
                 runtimes,
+                views: views::Views::default(),
             }),
         })
     }
@@ -285,13 +310,151 @@ impl Sandbox {
         Ok(removed)
     }
 
-    /// Creates, attaches to and starts a container for `spec`. The executor inside blocks on
-    /// stdin until [`Prepared::send`]: nothing touches the workspace before then, so this can
-    /// run while the user is still deciding on an approval.
+    /// Creates, attaches to and starts a container for `spec`, with masks over the workspace's
+    /// protected paths (surveyed first when this workspace has no survey yet). The executor
+    /// inside blocks on stdin until [`Prepared::send`]: nothing touches the workspace before
+    /// then, so this can run while the user is still deciding on an approval.
     pub async fn prepare(
         &self,
         profile: &Profile,
         spec: &CallSpec,
+    ) -> Result<Prepared, SandboxError> {
+        let view = match self.inner.views.cached(profile, spec) {
+            Some(v) => v,
+            None if spec.protected.is_empty() => SandboxView::default(),
+            None => self.survey(profile, spec, false).await?,
+        };
+        self.prepare_with(profile, spec, view).await
+    }
+
+    async fn prepare_with(
+        &self,
+        profile: &Profile,
+        spec: &CallSpec,
+        view: SandboxView,
+    ) -> Result<Prepared, SandboxError> {
+        let views_needed = spec.writable
+            && view
+                .masks
+                .iter()
+                .any(|m| m.protection == Protection::ReadOnly);
+        if !views_needed {
+            return self.create(profile, spec, Some(view)).await;
+        }
+        // A read-only view's source is a workspace path, which the engine resolves on the host
+        // when it mounts it: a writer swapping it for a symlink at that moment would mount a
+        // host directory. So no writer of this workspace runs while such a container is made
+        // (writers hold the read side of this lock while they run), and the survey it uses is
+        // made under the same lock.
+        let ws = self.inner.views.state(&spec.workspace);
+        let _no_writers = ws.lock.clone().write_owned().await;
+        let view = match self.inner.views.clean(profile, spec, &ws) {
+            Some(v) => v,
+            None => self.survey(profile, spec, true).await?,
+        };
+        self.create(profile, spec, Some(view)).await
+    }
+
+    /// Lists the masks `spec`'s workspace needs, in a read-only container without masks, and
+    /// remembers them for the next containers of this workspace.
+    async fn survey(
+        &self,
+        profile: &Profile,
+        spec: &CallSpec,
+        no_writers: bool,
+    ) -> Result<SandboxView, SandboxError> {
+        let ws = self.inner.views.state(&spec.workspace);
+        let generation = ws.generation();
+        let s = CallSpec {
+            writable: false,
+            tool: "survey".into(),
+            ..spec.clone()
+        };
+        let req = Request {
+            survey: true,
+            protected: spec.protected.clone(),
+            ..Request::new(ToolCall::ListDir(ListDirArgs {
+                path: None,
+                depth: None,
+            }))
+        };
+        let (events, outcome) = self
+            .create(profile, &s, None)
+            .await?
+            .send(&req)
+            .await?
+            .collect()
+            .await;
+        for e in events {
+            match e {
+                Event::Survey { view } => {
+                    if let Some(bad) = view
+                        .masks
+                        .iter()
+                        .find(|m| !profile::valid_mask_path(&m.path))
+                    {
+                        return Err(SandboxError::Survey {
+                            code: "sandbox_failed".into(),
+                            message: format!("the survey named an invalid path `{}`", bad.path),
+                        });
+                    }
+                    self.inner
+                        .views
+                        .store(profile, spec, view.clone(), generation, no_writers);
+                    return Ok(view);
+                }
+                Event::Error { code, message } => {
+                    return Err(SandboxError::Survey {
+                        code: code.as_str().into(),
+                        message: format!(
+                            "listing the workspace's protected paths failed: {message}"
+                        ),
+                    })
+                }
+                _ => {}
+            }
+        }
+        Err(SandboxError::Survey {
+            code: "sandbox_failed".into(),
+            message: format!(
+                "listing the workspace's protected paths failed: {}",
+                outcome
+                    .protocol_error
+                    .unwrap_or_else(|| format!("exit status {:?}", outcome.exit_code))
+            ),
+        })
+    }
+
+    /// Sends `request` to `prepared`; when its executor finds the masks stale (the workspace
+    /// changed since the survey), surveys again and sends it once more to a fresh container.
+    pub async fn send(
+        &self,
+        prepared: Prepared,
+        profile: &Profile,
+        spec: &CallSpec,
+        request: &Request,
+    ) -> Result<CallHandle, SandboxError> {
+        match prepared.send(request).await {
+            Err(SandboxError::Stale(why)) => {
+                tracing::info!(call_id = %spec.call_id, reason = %why, "masks were stale; surveying the workspace again");
+                self.inner.views.forget(profile, spec);
+                let view = self.survey(profile, spec, false).await?;
+                self.prepare_with(profile, spec, view)
+                    .await?
+                    .send(request)
+                    .await
+            }
+            other => other,
+        }
+    }
+
+    /// Creates, attaches to and starts one container. `view`: the masks it gets, which the
+    /// request will carry (None only for the survey container, which has none).
+    async fn create(
+        &self,
+        profile: &Profile,
+        spec: &CallSpec,
+        view: Option<SandboxView>,
     ) -> Result<Prepared, SandboxError> {
         profile.validate()?;
         if !spec.workspace.is_absolute() {
@@ -319,7 +482,8 @@ impl Sandbox {
             .await
             .expect("the sandbox semaphore is never closed");
         let docker = &self.inner.docker;
-        let config = locked_container_config(&image_id, &self.inner.instance, profile, spec);
+        let masks = view.as_ref().map(|v| v.masks.as_slice()).unwrap_or(&[]);
+        let config = locked_container_config(&image_id, &self.inner.instance, profile, spec, masks);
         let created = docker.create_container(None, config).await?;
         let id = created.id;
         // From here on, any failure must remove the container.
@@ -344,6 +508,11 @@ impl Sandbox {
             output: attached.output,
             profile: profile.clone(),
             workspace: spec.workspace.clone(),
+            writer: spec
+                .writable
+                .then(|| self.inner.views.state(&spec.workspace)),
+            view,
+            protected: spec.protected.clone(),
         })
     }
 
@@ -354,7 +523,19 @@ impl Sandbox {
         spec: &CallSpec,
         request: &Request,
     ) -> Result<CallHandle, SandboxError> {
-        self.prepare(profile, spec).await?.send(request).await
+        // The masks follow the rules the request carries when the spec names none.
+        let owned;
+        let spec = if spec.protected.is_empty() && !request.protected.is_empty() {
+            owned = CallSpec {
+                protected: request.protected.clone(),
+                ..spec.clone()
+            };
+            &owned
+        } else {
+            spec
+        };
+        let prepared = self.prepare(profile, spec).await?;
+        self.send(prepared, profile, spec, request).await
     }
 }
 
@@ -417,6 +598,11 @@ pub struct Prepared {
     output: OutputStream,
     profile: Profile,
     workspace: std::path::PathBuf,
+    /// For a writable container: its workspace's writer state (see `views`).
+    writer: Option<Arc<views::WsState>>,
+    /// The masks it was made with; sent with the request.
+    view: Option<SandboxView>,
+    protected: Vec<airlock_executor::protocol::ProtectedPath>,
 }
 
 impl Prepared {
@@ -434,9 +620,36 @@ impl Prepared {
         &self.workspace
     }
 
-    /// Writes the request; the deadline starts now. Events arrive on the returned handle.
+    /// The protected-path rules its masks were made for.
+    pub fn protected(&self) -> &[airlock_executor::protocol::ProtectedPath] {
+        &self.protected
+    }
+
+    /// Number of masks the container has.
+    pub fn masks(&self) -> usize {
+        self.view.as_ref().map_or(0, |v| v.masks.len())
+    }
+
+    /// Writes the request (with the container's masks); the deadline starts now. Events
+    /// arrive on the returned handle. The executor's mask check comes first: a stale view is
+    /// [`SandboxError::Stale`] (nothing ran; [`Sandbox::send`] retries once).
     pub async fn send(mut self, request: &Request) -> Result<CallHandle, SandboxError> {
-        let mut line = serde_json::to_vec(request).expect("requests always serialize");
+        let checked = self.view.is_some();
+        let merged = self
+            .view
+            .as_ref()
+            .map(|v| v.merged.clone())
+            .unwrap_or_default();
+        let request = Request {
+            sandbox: self.view.take(),
+            ..request.clone()
+        };
+        // A writer holds its workspace's lock (read side) until its container is gone.
+        let writer = match self.writer.take() {
+            Some(ws) => Some(views::Writer::start(ws).await),
+            None => None,
+        };
+        let mut line = serde_json::to_vec(&request).expect("requests always serialize");
         line.push(b'\n');
         self.input.write_all(&line).await?;
         self.input.flush().await?;
@@ -455,13 +668,28 @@ impl Prepared {
             cap: self.profile.output_bytes,
             started,
             permit,
+            writer,
         };
         tokio::spawn(driver.run());
-        Ok(CallHandle {
+        let mut handle = CallHandle {
             events: rx,
             cancel,
             container_id: id,
-        })
+            pending: None,
+            masks: 0,
+            merged,
+        };
+        if checked {
+            match handle.events.recv().await {
+                Some(SandboxEvent::Executor(Event::Checked { masks })) => handle.masks = masks,
+                Some(SandboxEvent::Executor(Event::Error {
+                    code: ErrorCode::StaleSandbox,
+                    message,
+                })) => return Err(SandboxError::Stale(message)),
+                other => handle.pending = other,
+            }
+        }
+        Ok(handle)
     }
 
     /// Kills and removes the container without sending anything.
@@ -478,12 +706,29 @@ pub struct CallHandle {
     events: mpsc::Receiver<SandboxEvent>,
     cancel: CancellationToken,
     container_id: String,
+    /// An event read while waiting for the mask check.
+    pending: Option<SandboxEvent>,
+    masks: u32,
+    merged: Vec<String>,
 }
 
 impl CallHandle {
     /// The next event; `None` after `Finished`.
     pub async fn next(&mut self) -> Option<SandboxEvent> {
+        if let Some(e) = self.pending.take() {
+            return Some(e);
+        }
         self.events.recv().await
+    }
+
+    /// How many masks the executor checked before the tool ran.
+    pub fn masks(&self) -> u32 {
+        self.masks
+    }
+
+    /// Directories masked whole because the workspace had too many protected paths.
+    pub fn merged_masks(&self) -> &[String] {
+        &self.merged
     }
 
     pub fn cancel(&self) {
@@ -544,6 +789,8 @@ struct Driver {
     cap: u64,
     started: Instant,
     permit: Option<OwnedSemaphorePermit>,
+    /// Held by a writable call until its container is gone.
+    writer: Option<views::Writer>,
 }
 
 /// Bytes of stderr kept for diagnostics.
@@ -572,6 +819,7 @@ impl Driver {
             cap,
             started,
             permit,
+            writer,
         } = self;
         let mut st = ReadState::default();
         let end = {
@@ -633,6 +881,8 @@ impl Driver {
                 }
             ));
         }
+        // The container has exited: it writes nothing more.
+        drop(writer);
         let _ = tx.send(SandboxEvent::Finished(outcome)).await;
         // Removal happens after the caller has its outcome: off the critical path.
         let _ = remove_container(&docker, &id).await;
@@ -685,7 +935,10 @@ async fn read_events(
             }
             match serde_json::from_slice::<Event>(line) {
                 Ok(ev) => {
-                    st.finished |= matches!(ev, Event::Result { .. } | Event::Error { .. });
+                    st.finished |= matches!(
+                        ev,
+                        Event::Result { .. } | Event::Error { .. } | Event::Survey { .. }
+                    );
                     if tx.send(SandboxEvent::Executor(ev)).await.is_err() {
                         return End::ReceiverGone;
                     }

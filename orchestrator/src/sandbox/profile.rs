@@ -5,9 +5,10 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use airlock_executor::protocol::{Mask, MaskKind, ProtectedPath, Protection};
 use bollard::models::{
     ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount, MountBindOptions,
-    MountBindOptionsPropagationEnum, MountType, ResourcesUlimits,
+    MountBindOptionsPropagationEnum, MountTmpfsOptions, MountType, ResourcesUlimits,
 };
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +24,12 @@ pub const LABEL_TOOL: &str = "airlock.tool";
 
 /// Where the workspace appears inside every container.
 pub const WORKSPACE_MOUNT: &str = "/workspace";
+/// The source of every file mask: reads as empty, and the mount is read-only. Not a workspace
+/// path, so nothing a tool does can change what it is.
+pub const FILE_MASK_SOURCE: &str = "/dev/null";
+/// Size of the empty read-only tmpfs that masks a directory.
+const DIR_MASK_BYTES: i64 = 4096;
+
 /// The executor binary inside the image.
 pub const EXECUTOR_PATH: &str = "/usr/local/bin/airlock-executor";
 /// The only environment a container gets (invariant: nothing from the host).
@@ -188,6 +195,68 @@ pub struct CallSpec {
     pub session_id: String,
     pub call_id: String,
     pub tool: String,
+    /// The policy's protected paths for this user: the sandbox masks what they match.
+    pub protected: Vec<ProtectedPath>,
+}
+
+/// Whether `path` can name a mask: canonical, relative, no `.`/`..`, no NUL. A view comes
+/// from an executor, so it is checked here before any of it reaches a mount.
+pub fn valid_mask_path(path: &str) -> bool {
+    !path.is_empty()
+        && path.len() < 4096
+        && !path.contains('\0')
+        && path
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..")
+}
+
+/// The mounts over a container's protected paths. `no_access`: `/dev/null` over a file, an
+/// empty read-only tmpfs over a directory (sources the workspace cannot touch). `read_only`: a
+/// read-only view of the same path, only where the workspace itself is writable.
+fn mask_mounts(spec: &CallSpec, masks: &[Mask]) -> Vec<Mount> {
+    let rprivate = || {
+        Some(MountBindOptions {
+            propagation: Some(MountBindOptionsPropagationEnum::RPRIVATE),
+            ..Default::default()
+        })
+    };
+    masks
+        .iter()
+        .filter(|m| valid_mask_path(&m.path))
+        .filter_map(|m| {
+            let target = Some(format!("{WORKSPACE_MOUNT}/{}", m.path));
+            Some(match (m.protection, m.kind) {
+                (Protection::NoAccess, MaskKind::File) => Mount {
+                    target,
+                    source: Some(FILE_MASK_SOURCE.into()),
+                    typ: Some(MountType::BIND),
+                    read_only: Some(true),
+                    bind_options: rprivate(),
+                    ..Default::default()
+                },
+                (Protection::NoAccess, MaskKind::Dir) => Mount {
+                    target,
+                    typ: Some(MountType::TMPFS),
+                    read_only: Some(true),
+                    tmpfs_options: Some(MountTmpfsOptions {
+                        size_bytes: Some(DIR_MASK_BYTES),
+                        mode: Some(0o555),
+                        options: None,
+                    }),
+                    ..Default::default()
+                },
+                (Protection::ReadOnly, _) if spec.writable => Mount {
+                    target,
+                    source: Some(spec.workspace.join(&m.path).to_string_lossy().into_owned()),
+                    typ: Some(MountType::BIND),
+                    read_only: Some(true),
+                    bind_options: rprivate(),
+                    ..Default::default()
+                },
+                (Protection::ReadOnly, _) => return None,
+            })
+        })
+        .collect()
 }
 
 /// THE function that creates every container's configuration. Every field of the locked
@@ -198,6 +267,7 @@ pub fn locked_container_config(
     instance: &str,
     profile: &Profile,
     spec: &CallSpec,
+    masks: &[Mask],
 ) -> ContainerCreateBody {
     let mut labels = HashMap::new();
     labels.insert(LABEL_MANAGED.to_string(), "1".to_string());
@@ -242,17 +312,23 @@ pub fn locked_container_config(
             ulimit("fsize", profile.fsize_bytes),
         ]),
         tmpfs: Some(tmpfs),
-        mounts: Some(vec![Mount {
-            target: Some(WORKSPACE_MOUNT.into()),
-            source: Some(spec.workspace.to_string_lossy().into_owned()),
-            typ: Some(MountType::BIND),
-            read_only: Some(!spec.writable),
-            bind_options: Some(MountBindOptions {
-                propagation: Some(MountBindOptionsPropagationEnum::RPRIVATE),
+        // The workspace, then the masks over its protected paths (the engine mounts parents
+        // before children).
+        mounts: Some(
+            std::iter::once(Mount {
+                target: Some(WORKSPACE_MOUNT.into()),
+                source: Some(spec.workspace.to_string_lossy().into_owned()),
+                typ: Some(MountType::BIND),
+                read_only: Some(!spec.writable),
+                bind_options: Some(MountBindOptions {
+                    propagation: Some(MountBindOptionsPropagationEnum::RPRIVATE),
+                    ..Default::default()
+                }),
                 ..Default::default()
-            }),
-            ..Default::default()
-        }]),
+            })
+            .chain(mask_mounts(spec, masks))
+            .collect(),
+        ),
         binds: None,
         // No log driver: a flood of output never lands on the host's disk.
         log_config: Some(HostConfigLogConfig {
@@ -298,13 +374,14 @@ mod tests {
             session_id: "s1".into(),
             call_id: "c1".into(),
             tool: "read_file".into(),
+            protected: Vec::new(),
         }
     }
 
     #[test]
     fn config_applies_the_whole_profile() {
         let p = Profile::default();
-        let c = locked_container_config("sha256:abc", "test", &p, &spec(false));
+        let c = locked_container_config("sha256:abc", "test", &p, &spec(false), &[]);
         let h = c.host_config.as_ref().unwrap();
         assert_eq!(h.network_mode.as_deref(), Some("none"));
         assert_eq!(h.readonly_rootfs, Some(true));
@@ -320,11 +397,66 @@ mod tests {
             .any(|o| o.contains("seccomp")));
         assert_eq!(c.user.as_deref(), Some("65532:65532"));
         assert_eq!(c.env.as_ref().unwrap().len(), 3);
-        let w = locked_container_config("sha256:abc", "test", &p, &spec(true));
+        let w = locked_container_config("sha256:abc", "test", &p, &spec(true), &[]);
         assert_eq!(
             w.host_config.unwrap().mounts.unwrap()[0].read_only,
             Some(false)
         );
+    }
+
+    #[test]
+    fn masks_are_read_only_and_never_weaken_the_workspace() {
+        let masks = [
+            Mask {
+                path: ".env".into(),
+                kind: MaskKind::File,
+                protection: Protection::NoAccess,
+            },
+            Mask {
+                path: "secrets".into(),
+                kind: MaskKind::Dir,
+                protection: Protection::NoAccess,
+            },
+            Mask {
+                path: ".git".into(),
+                kind: MaskKind::Dir,
+                protection: Protection::ReadOnly,
+            },
+            Mask {
+                path: "../etc".into(),
+                kind: MaskKind::Dir,
+                protection: Protection::ReadOnly,
+            },
+        ];
+        let p = Profile::default();
+        for writable in [false, true] {
+            let c = locked_container_config("sha256:abc", "t", &p, &spec(writable), &masks);
+            let mounts = c.host_config.unwrap().mounts.unwrap();
+            assert_eq!(mounts[0].target.as_deref(), Some(WORKSPACE_MOUNT));
+            assert_eq!(mounts[0].read_only, Some(!writable));
+            // `../etc` is never mounted; the view of `.git` only where the workspace is writable.
+            assert_eq!(mounts.len(), if writable { 4 } else { 3 });
+            for m in &mounts[1..] {
+                assert_eq!(m.read_only, Some(true), "{m:?}");
+                let t = m.target.as_deref().unwrap();
+                assert!(t.starts_with("/workspace/") && !t.contains(".."), "{t}");
+                match m.typ {
+                    Some(MountType::BIND) => {
+                        let src = m.source.as_deref().unwrap();
+                        assert!(
+                            src == FILE_MASK_SOURCE || src == "/srv/ws/alice/.git",
+                            "{src}"
+                        )
+                    }
+                    Some(MountType::TMPFS) => assert!(m.source.is_none()),
+                    ref other => panic!("{other:?}"),
+                }
+            }
+        }
+        assert!(!valid_mask_path(""));
+        assert!(!valid_mask_path("a//b"));
+        assert!(!valid_mask_path("/etc"));
+        assert!(valid_mask_path("a/.env"));
     }
 
     #[test]

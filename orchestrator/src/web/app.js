@@ -444,7 +444,8 @@
         }
         break;
       case 'session_grant':
-        note(v, 'info', 'Allowed for the rest of this session: ' + d.tool + ' ' + d.pattern);
+        note(v, 'info', 'Allowed for the rest of this session: ' + d.tool + ' ' + d.pattern +
+          (d.writable ? ' (runs with a writable workspace, as approved)' : ''));
         break;
       case 'agent_retry':
         note(v, 'muted', 'The model request failed (' + d.code + '); retrying in ' +

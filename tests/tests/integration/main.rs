@@ -9,5 +9,6 @@ mod exhaustion;
 mod helpers;
 mod policy;
 mod posture;
+mod protected;
 mod store;
 mod tools;

@@ -221,3 +221,86 @@ async fn applied_mutating_call_gets_a_writable_mount_and_nothing_else_changes() 
     drop(h); // dropping the handle kills and removes the container
     ts.finish().await;
 }
+
+/// With protected paths: the container's mounts are exactly the workspace plus one read-only
+/// mask per match — `/dev/null` over files, an empty tmpfs over directories, and (only where the
+/// workspace is writable) a read-only view of `.git` — and no other source.
+#[tokio::test]
+async fn masks_are_the_only_mounts_besides_the_workspace() {
+    use airlock::protocol::{ProtectedPath, Protection};
+    use std::collections::BTreeSet;
+    let ts = sandbox().await;
+    let ws = Workspace::new();
+    ws.write(".env", "S\n")
+        .write("sub/.env", "S\n")
+        .write("secrets/k", "K\n")
+        .write(".git/config", "[core]\n")
+        .write("a.txt", "a\n");
+    let protected = vec![
+        ProtectedPath {
+            glob: ".git/**".into(),
+            protection: Protection::ReadOnly,
+        },
+        ProtectedPath {
+            glob: "**/.env".into(),
+            protection: Protection::NoAccess,
+        },
+        ProtectedPath {
+            glob: "secrets".into(),
+            protection: Protection::NoAccess,
+        },
+    ];
+    let root = ws.root().to_str().unwrap().to_string();
+    for runtime in runtimes(&ts).await {
+        for writable in [false, true] {
+            let req = request(
+                "run_shell",
+                json!({ "command": "echo READY; exec sleep 120" }),
+                if writable { Mode::Apply } else { Mode::Preview },
+            );
+            let mut spec = ws.spec(&req.call, writable);
+            spec.protected = protected.clone();
+            let mut h = ts
+                .sandbox
+                .run(&ws.profile(runtime), &spec, &req)
+                .await
+                .unwrap();
+            assert_eq!(h.masks(), 4, "[{runtime:?}] .env, sub/.env, secrets, .git");
+            let _ = h.next().await; // the command is running
+            let info = ts
+                .sandbox
+                .docker()
+                .inspect_container(h.container_id(), None::<InspectContainerOptions>)
+                .await
+                .unwrap();
+            let got: BTreeSet<(String, String, String, bool)> = info
+                .mounts
+                .unwrap_or_default()
+                .into_iter()
+                .map(|m| {
+                    (
+                        m.destination.unwrap_or_default(),
+                        m.source.unwrap_or_default(),
+                        m.typ.map(|t| t.to_string()).unwrap_or_default(),
+                        m.rw.unwrap_or(true),
+                    )
+                })
+                .collect();
+            let w = |p: &str| format!("{WORKSPACE_MOUNT}{p}");
+            let mut want: BTreeSet<(String, String, String, bool)> = [
+                (w(""), root.clone(), "bind".to_string(), writable),
+                (w("/.env"), "/dev/null".into(), "bind".into(), false),
+                (w("/sub/.env"), "/dev/null".into(), "bind".into(), false),
+                (w("/secrets"), String::new(), "tmpfs".into(), false),
+            ]
+            .into_iter()
+            .collect();
+            if writable {
+                want.insert((w("/.git"), format!("{root}/.git"), "bind".into(), false));
+            }
+            assert_eq!(got, want, "[{runtime:?}] writable={writable}");
+            drop(h);
+        }
+    }
+    ts.finish().await;
+}
