@@ -231,6 +231,17 @@ pub fn read_request(input: &mut dyn BufRead) -> Result<Request, ToolError> {
 /// status. A request that cannot be read or parsed gets an `error` event and
 /// [`EXIT_BAD_REQUEST`].
 pub fn serve(input: &mut dyn BufRead, output: &mut dyn Write, root: &Path) -> i32 {
+    serve_with(input, output, root, &mut |_| {})
+}
+
+/// [`serve`], calling `on_request` with the parsed request before it runs (the binary arms its
+/// own deadline there).
+pub fn serve_with(
+    input: &mut dyn BufRead,
+    output: &mut dyn Write,
+    root: &Path,
+    on_request: &mut dyn FnMut(&Request),
+) -> i32 {
     // Once the reader is gone, keep running to completion but stop writing.
     let mut broken = false;
     let mut emit = |event: Event| {
@@ -245,7 +256,10 @@ pub fn serve(input: &mut dyn BufRead, output: &mut dyn Write, root: &Path) -> i3
             .is_err();
     };
     match read_request(input) {
-        Ok(req) => run_request(&req, root, &mut emit),
+        Ok(req) => {
+            on_request(&req);
+            run_request(&req, root, &mut emit)
+        }
         Err(e) => {
             emit(Event::Error {
                 code: e.code,

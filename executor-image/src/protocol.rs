@@ -12,6 +12,8 @@ pub const PROTOCOL_VERSION: u32 = 2;
 pub const EXIT_TOOL_ERROR: i32 = 3;
 /// Exit status for a request the executor could not even parse.
 pub const EXIT_BAD_REQUEST: i32 = 2;
+/// Exit status when the executor's own deadline (`ExecLimits::deadline_secs`) ended the call.
+pub const EXIT_DEADLINE: i32 = 124;
 
 /// One tool call with its arguments. `#[serde(tag = "tool", content = "args")]` gives
 /// `{"tool": "read_file", "args": {...}}`, the same shape the API and the LLM use.
@@ -198,6 +200,10 @@ pub struct ExecLimits {
     pub max_survey_entries: u32,
     /// Most masks one container gets; beyond it, masks are merged into directory masks.
     pub max_masks: u32,
+    /// Seconds after the request arrives at which the executor (PID 1) kills everything in
+    /// the container and exits, whoever else is gone (0: none). The orchestrator sets it a
+    /// little past its own deadline, so a container outlives a killed orchestrator by no more.
+    pub deadline_secs: u64,
 }
 
 impl Default for ExecLimits {
@@ -212,6 +218,7 @@ impl Default for ExecLimits {
             max_snapshot_files: 20_000,
             max_survey_entries: 200_000,
             max_masks: 64,
+            deadline_secs: 0,
         }
     }
 }

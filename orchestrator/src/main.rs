@@ -651,10 +651,42 @@ async fn sandbox_run(docker: Option<String>, a: RunArgs) -> anyhow::Result<ExitC
         tool: call.name().into(),
         protected,
     };
-    let mut handle = sandbox.run(&profile, &spec, &request).await?;
+    // Ctrl-C or SIGTERM stops the container and removes it before the process exits.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut interrupted: Option<u8> = None;
+    let started = tokio::select! {
+        r = sandbox.run(&profile, &spec, &request) => Some(r),
+        _ = sigint.recv() => { interrupted = Some(130); None }
+        _ = sigterm.recv() => { interrupted = Some(143); None }
+    };
+    let Some(started) = started else {
+        // Dropping the start removed what it had made; a container it created but had not
+        // reported yet carries this call's label.
+        sandbox.drain().await;
+        let _ = sandbox.reap_call(&spec.call_id).await;
+        eprintln!("interrupted: the sandbox container was removed");
+        return Ok(ExitCode::from(interrupted.unwrap_or(130)));
+    };
+    let mut handle = started?;
     let mut tool_failed = false;
     let mut code = ExitCode::from(1);
-    while let Some(ev) = handle.next().await {
+    loop {
+        let ev = tokio::select! {
+            ev = handle.next() => ev,
+            _ = sigint.recv(), if interrupted.is_none() => {
+                interrupted = Some(130);
+                handle.cancel();
+                continue;
+            }
+            _ = sigterm.recv(), if interrupted.is_none() => {
+                interrupted = Some(143);
+                handle.cancel();
+                continue;
+            }
+        };
+        let Some(ev) = ev else { break };
         match ev {
             SandboxEvent::Executor(e) => {
                 match &e {
@@ -691,5 +723,10 @@ async fn sandbox_run(docker: Option<String>, a: RunArgs) -> anyhow::Result<ExitC
     // The container is removed after `Finished`; wait for it before the runtime shuts down.
     drop(handle);
     sandbox.drain().await;
+    if let Some(status) = interrupted {
+        let _ = sandbox.reap_call(&spec.call_id).await;
+        eprintln!("interrupted: the sandbox container was stopped and removed");
+        return Ok(ExitCode::from(status));
+    }
     Ok(code)
 }

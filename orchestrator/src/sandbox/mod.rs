@@ -76,6 +76,9 @@ impl SandboxError {
     }
 }
 
+/// Seconds the executor's own deadline runs past the orchestrator's (which reports `timed_out`).
+pub const EXECUTOR_DEADLINE_GRACE_SECS: u64 = 3;
+
 /// What the caller receives for one call, in order: executor events as they arrive, then
 /// exactly one `Finished`.
 #[derive(Debug, Clone, PartialEq)]
@@ -640,10 +643,13 @@ impl Prepared {
             .as_ref()
             .map(|v| v.merged.clone())
             .unwrap_or_default();
-        let request = Request {
+        let mut request = Request {
             sandbox: self.view.take(),
             ..request.clone()
         };
+        // The executor's own deadline, a little after ours: if this process dies, the
+        // container still ends (and is reaped by the next start or another replica's sweep).
+        request.limits.deadline_secs = self.profile.timeout_secs + EXECUTOR_DEADLINE_GRACE_SECS;
         // A writer holds its workspace's lock (read side) until its container is gone.
         let writer = match self.writer.take() {
             Some(ws) => Some(views::Writer::start(ws).await),

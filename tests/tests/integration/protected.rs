@@ -410,3 +410,44 @@ async fn swapping_a_view_source_during_creation_runc() {
 async fn swapping_a_view_source_during_creation_runsc() {
     swapping_a_view_source_during_creation(Runtime::Runsc).await;
 }
+
+/// A session grant is made from an approval, and what it allows runs with the writable
+/// workspace that approval had; what the admin's rules allow stays read-only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_grant_carries_the_approved_mount() {
+    let mut opts = default_policy(Runtime::Runc, "");
+    opts.base_policy = opts
+        .base_policy
+        .map(|p| p.replacen("session_grants = false", "session_grants = true", 1));
+    let srv = TestServer::start(opts).await;
+    let ws = &srv.alice.workspace;
+    ws.write("a.txt", "a\n");
+    let s = srv.api.session(&srv.alice.token).await;
+    let c = shell(&srv, &s, "touch g1").await;
+    assert_eq!(c["decision"], "ask", "{c:#}");
+    assert_eq!(c["outcome"]["writable"], true, "{c:#}");
+    assert!(ws.exists("g1"));
+    let g = srv
+        .api
+        .post(
+            &format!("/v1/sessions/{s}/grants"),
+            &srv.alice.token,
+            json!({"tool": "run_shell", "pattern": "touch *"}),
+        )
+        .await;
+    g.expect(201);
+    assert_eq!(g.json["writable"], true, "{}", g.text);
+    let c = shell(&srv, &s, "touch g2").await;
+    assert_eq!(c["decision"], "allow", "{c:#}");
+    assert!(
+        c["rule"].as_str().unwrap().starts_with("session grant"),
+        "{c:#}"
+    );
+    assert_eq!(c["outcome"]["writable"], true, "{c:#}");
+    assert!(ws.exists("g2"));
+    // A command the policy's own rules allow is still read-only.
+    let c = shell(&srv, &s, "sort -o a.txt a.txt").await;
+    assert_eq!(c["outcome"]["writable"], false, "{c:#}");
+    assert_eq!(ws.read("a.txt").as_deref(), Some("a\n"));
+    srv.finish().await;
+}
