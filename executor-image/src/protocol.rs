@@ -536,6 +536,16 @@ mod tests {
     }
 
     #[test]
+    fn the_image_label_names_this_protocol_version() {
+        // `airlock doctor` compares it with the orchestrator's version.
+        let dockerfile = include_str!("../Dockerfile");
+        assert!(
+            dockerfile.contains(&format!("io.airlock.protocol=\"{PROTOCOL_VERSION}\"")),
+            "executor-image/Dockerfile must label the image with protocol {PROTOCOL_VERSION}"
+        );
+    }
+
+    #[test]
     fn events_have_stable_tags() {
         let e = Event::Error {
             code: ErrorCode::PathOutsideWorkspace,

@@ -549,18 +549,7 @@ async fn get_call(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, AppError> {
     let rec = st.engine.owned_call(&user, &id).await?;
-    // Output so far: the call's output events from the session stream.
-    let events = st
-        .engine
-        .store
-        .read_events(&rec.session_id, None, 100_000)
-        .await
-        .map_err(EngineError::from)?;
-    let output: Vec<Value> = events
-        .iter()
-        .filter(|e| e.kind == "output" && e.data.get("call_id") == Some(&json!(rec.id)))
-        .map(|e| json!({"stream": e.data["stream"], "data": e.data["data"]}))
-        .collect();
+    let output = st.engine.call_output(&rec).await?;
     let mut v = call_json(&rec);
     v["output"] = Value::Array(output);
     Ok(Json(v))
@@ -827,6 +816,18 @@ async fn ws_events(
     _slot: StreamSlot,
 ) {
     let (mut tx, mut rx) = socket.split();
+    // The blocking read outlives client frames: dropping it mid-`XREAD` would throw away its
+    // dedicated Redis connection, so a client that pings would cost a reconnect per ping.
+    let next = |after: Option<String>| {
+        let (engine, session) = (engine.clone(), session.clone());
+        Box::pin(async move {
+            engine
+                .store
+                .wait_events(&session, after.as_deref(), 100, Duration::from_secs(10))
+                .await
+        })
+    };
+    let mut wait = next(after.clone());
     loop {
         tokio::select! {
             _ = stop.cancelled() => {
@@ -845,7 +846,7 @@ async fn ws_events(
                 }
                 Some(Ok(_)) => {} // pings are answered by axum; binary frames are ignored
             },
-            evs = engine.store.wait_events(&session, after.as_deref(), 100, Duration::from_secs(10)) => {
+            evs = &mut wait => {
                 match evs {
                     Ok(evs) => {
                         for e in evs {
@@ -854,6 +855,7 @@ async fn ws_events(
                                 return;
                             }
                         }
+                        wait = next(after.clone());
                     }
                     Err(_) => {
                         let _ = tx.send(Message::Text(json!({"type": "error", "data": {"code": "store_unavailable", "message": "the state store is unavailable; reconnect with ?after= the last id you saw"}}).to_string().into())).await;

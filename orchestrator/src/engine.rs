@@ -358,6 +358,31 @@ impl Engine {
         }))
     }
 
+    /// The output a call has produced so far, in order. Only the session's events from the
+    /// call's own lifetime are read (with a margin for clocks that differ between this host
+    /// and Redis), not the whole session.
+    pub async fn call_output(&self, rec: &CallRecord) -> Result<Vec<Value>, EngineError> {
+        const SKEW_MS: u64 = 5 * 60 * 1000;
+        let to = rec
+            .status
+            .is_terminal()
+            .then_some(rec.updated_at_ms.saturating_add(SKEW_MS));
+        let events = self
+            .store
+            .read_events_between(
+                &rec.session_id,
+                rec.created_at_ms.saturating_sub(SKEW_MS),
+                to,
+                100_000,
+            )
+            .await?;
+        Ok(events
+            .iter()
+            .filter(|e| e.kind == "output" && e.data.get("call_id") == Some(&json!(rec.id)))
+            .map(|e| json!({"stream": e.data["stream"], "data": e.data["data"]}))
+            .collect())
+    }
+
     // ---- proposing --------------------------------------------------------------------------
 
     /// Proposes a call: validates it, asks the policy, computes the preview of a change, and

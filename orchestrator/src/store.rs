@@ -1305,6 +1305,32 @@ impl Store {
         reply.ids.iter().map(event_from_entry).collect()
     }
 
+    /// The session's events whose ids fall between `from_ms` and `to_ms` (inclusive; `None`:
+    /// up to the newest), at most `count`. Stream ids start with Redis's clock in ms.
+    pub async fn read_events_between(
+        &self,
+        session_id: &str,
+        from_ms: u64,
+        to_ms: Option<u64>,
+        count: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        if !valid_id(session_id) || count == 0 {
+            return Ok(Vec::new());
+        }
+        let end = to_ms.map_or_else(|| "+".to_string(), |t| format!("{t}-{}", u64::MAX));
+        let reply: StreamRangeReply = self
+            .query(
+                redis::cmd("XRANGE")
+                    .arg(self.inner.keys.events(session_id))
+                    .arg(format!("{from_ms}-0"))
+                    .arg(end)
+                    .arg("COUNT")
+                    .arg(count),
+            )
+            .await?;
+        reply.ids.iter().map(event_from_entry).collect()
+    }
+
     /// Like [`Store::read_events`], but when nothing is there yet waits up to `block` (at most
     /// [`MAX_BLOCK`]) for the next event with `XREAD BLOCK`. Returns an empty list on timeout.
     /// Runs on a dedicated connection (see [`BlockingReaders`]).

@@ -315,8 +315,70 @@ async fn main() {
         let _ = s.close(None).await;
     }
     let _ = ws.close(None).await;
+    get_call_in_a_long_session(api, &token, &fx.redis.url(), n).await;
     protected_paths_cost(&sandbox, &profile, n, base).await;
     sandbox.drain().await;
+}
+
+/// `GET /v1/tool-calls/{id}` for a call in a session that already holds 50,000 older events,
+/// against the same in a fresh session.
+async fn get_call_in_a_long_session(
+    api: &airlock_tests::server::Api,
+    token: &str,
+    redis_url: &str,
+    n: usize,
+) {
+    let long = api.session(token).await;
+    let client = redis::Client::open(redis_url).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let key = format!("airlock-test:session:{long}:events");
+    let data = json!({"call_id": "an-older-call", "stream": "stdout", "data": "x\n"}).to_string();
+    for chunk in 0..50 {
+        let mut pipe = redis::pipe();
+        for i in 0..1000u64 {
+            // Ids far in the past: the history of a long-running session.
+            pipe.cmd("XADD")
+                .arg(&key)
+                .arg(format!("1-{}", chunk * 1000 + i + 1))
+                .arg("kind")
+                .arg("output")
+                .arg("data")
+                .arg(&data)
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut conn).await.expect("XADD");
+    }
+    let fresh = api.session(token).await;
+    let mut ids = Vec::new();
+    for s in [&long, &fresh] {
+        let c = api
+            .propose_ok(token, s, "read_file", json!({"path": "bench.txt"}))
+            .await;
+        ids.push(c["id"].as_str().unwrap().to_string());
+    }
+    let (mut in_long, mut in_fresh) = (vec![], vec![]);
+    for _ in 0..n {
+        for (id, out) in [(&ids[0], &mut in_long), (&ids[1], &mut in_fresh)] {
+            let t = Instant::now();
+            let c = api.get_call(token, id).await;
+            out.push(t.elapsed());
+            assert_eq!(c["status"], "succeeded", "{c}");
+        }
+    }
+    println!("\n== GET /v1/tool-calls/{{id}} ==");
+    println!(
+        "session with 50,000 older events   p50 {:>8.1} ms   p99 {:>8.1} ms",
+        ms(percentile(&in_long, 0.5)),
+        ms(percentile(&in_long, 0.99))
+    );
+    println!(
+        "fresh session                      p50 {:>8.1} ms   p99 {:>8.1} ms",
+        ms(percentile(&in_fresh, 0.5)),
+        ms(percentile(&in_fresh, 0.99))
+    );
 }
 
 /// One allowed `run_shell` through the sandbox (cold container), to its result.

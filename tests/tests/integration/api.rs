@@ -1801,3 +1801,55 @@ async fn metrics_count_calls_by_tool_and_outcome_for_admins_only() {
     assert_eq!(r.error_code(), "forbidden");
     s.finish().await;
 }
+
+/// Redis's count of connections accepted so far.
+async fn redis_connections_received(url: &str) -> u64 {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("stats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("total_connections_received:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("total_connections_received")
+}
+
+/// A client that pings every 100 ms (the terminal client pings every 15 s) keeps the one Redis
+/// connection its stream blocks on: a client frame no longer drops the blocking read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_pings_keep_the_stream_s_redis_connection() {
+    let s = TestServer::start(ServerOptions::default()).await;
+    let token = s.alice.token.clone();
+    let sid = s.api.session(&token).await;
+    let mut ws = ws_events(&s.api, &sid, &token, None).await;
+    // Let the stream settle on its blocking read, then count.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let url = s.redis.url();
+    let before = redis_connections_received(&url).await;
+    for i in 0..100u32 {
+        use futures_util::SinkExt;
+        ws.send(Message::Ping(i.to_be_bytes().to_vec().into()))
+            .await
+            .expect("ping");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The stream still delivers.
+    s.api
+        .propose_ok(&token, &sid, "read_file", json!({"path": "nothing.txt"}))
+        .await;
+    let got = ws_until(&mut ws, Duration::from_secs(30), |e| {
+        e["type"] == "call_finished"
+    })
+    .await;
+    assert_eq!(got.last().unwrap().1["type"], "call_finished");
+    // Our own INFO connection counts once; a reconnect per ping would be ~100.
+    let opened = redis_connections_received(&url).await - before;
+    assert!(
+        opened <= 3,
+        "{opened} Redis connections were opened while the client pinged 100 times"
+    );
+    s.finish().await;
+}

@@ -416,13 +416,14 @@ async fn doctor_passes_on_a_healthy_setup() {
     let (out, report) = doctor(&fx.config_path);
     assert!(out.status.success(), "doctor failed:\n{report}");
     assert!(marked(&report, "✗").is_empty(), "{report}");
+    let protocol = format!("executor protocol {}", airlock::protocol::PROTOCOL_VERSION);
     for want in [
         "reachable at",
         "runtimes:",
         "cgroup limits inside a sandbox container",
         "is OOM-killed",
         "cannot fork past its pids limit",
-        "executor protocol 1",
+        protocol.as_str(),
         "answers: Redis",
         "persistence: AOF is on",
         "alice: ",
