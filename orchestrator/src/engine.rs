@@ -212,6 +212,52 @@ impl Engine {
         Ok(failed)
     }
 
+    /// What other orchestrators decided about this one's calls, applied here (every sweep):
+    /// running calls someone asked to cancel are stopped, and containers prepared for
+    /// approvals that were decided (or expired, or cancelled) elsewhere are removed.
+    pub async fn reconcile(&self) -> Result<(), EngineError> {
+        let running: Vec<String> = self
+            .running
+            .lock()
+            .expect("running lock")
+            .keys()
+            .cloned()
+            .collect();
+        for id in self.store.cancel_requested(&running).await? {
+            if let Some(t) = self.running.lock().expect("running lock").get(&id) {
+                tracing::info!(call_id = %id, "cancelled from another orchestrator");
+                t.cancel();
+            }
+        }
+        let prepared: Vec<String> = self
+            .prepared
+            .lock()
+            .expect("prepared lock")
+            .keys()
+            .cloned()
+            .collect();
+        if prepared.is_empty() {
+            return Ok(());
+        }
+        let me = self.store.instance().to_string();
+        let runners: HashMap<String, Option<String>> =
+            self.store.inflight_calls().await?.into_iter().collect();
+        for id in prepared {
+            let Some(rec) = self.store.get_call(&id).await? else {
+                self.discard_prepared(&id);
+                continue;
+            };
+            let elsewhere = match runners.get(&id) {
+                Some(Some(r)) => *r != me,
+                _ => false,
+            };
+            if rec.status.is_terminal() || elsewhere {
+                self.discard_prepared(&id);
+            }
+        }
+        Ok(())
+    }
+
     /// Moves an in-flight call to `failed` (`interrupted`, outcome unknown); `runner` is the
     /// instance that was running it.
     async fn fail_interrupted(&self, id: &str, runner: Option<&str>) -> bool {
@@ -786,8 +832,16 @@ impl Engine {
     pub async fn cancel(&self, user: &User, call_id: &str) -> Result<CallRecord, EngineError> {
         let rec = self.owned_call(user, call_id).await?;
         if rec.status == CallStatus::Running {
-            if let Some(t) = self.running.lock().expect("running lock").get(call_id) {
-                t.cancel();
+            let here = self
+                .running
+                .lock()
+                .expect("running lock")
+                .get(call_id)
+                .cloned();
+            match here {
+                Some(t) => t.cancel(),
+                // Another orchestrator runs it: it sees the request at its next sweep.
+                None => self.store.request_call_cancel(call_id).await?,
             }
             return Ok(rec);
         }

@@ -282,6 +282,9 @@ pub async fn run(
                         if let Err(e) = engine.fail_orphans().await {
                             tracing::debug!(error = %e, "orphaned-call sweep failed");
                         }
+                        if let Err(e) = engine.reconcile().await {
+                            tracing::debug!(error = %e, "cross-instance sweep failed");
+                        }
                     }
                 }
             }

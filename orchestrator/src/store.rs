@@ -317,6 +317,10 @@ impl Keys {
     pub fn call(&self, cid: &str) -> String {
         format!("{}call:{cid}", self.prefix)
     }
+    /// A request to stop a running call, for whichever orchestrator runs it.
+    pub fn call_cancel(&self, cid: &str) -> String {
+        format!("{}call:{cid}:cancel", self.prefix)
+    }
     pub fn approval(&self, cid: &str) -> String {
         format!("{}approval:{cid}", self.prefix)
     }
@@ -897,6 +901,9 @@ static LEASE_SCRIPTS: LazyLock<LeaseScripts> = LazyLock::new(|| LeaseScripts {
 
 /// Expired approvals handled per script run by `expire_due` (keeps each run short).
 const EXPIRE_BATCH: usize = 100;
+/// How long a request to cancel a running call waits for its orchestrator to see it.
+pub const CALL_CANCEL_TTL: Duration = Duration::from_secs(60);
+
 /// Longest block a `wait_events` may ask for.
 pub const MAX_BLOCK: Duration = Duration::from_secs(60);
 
@@ -1751,6 +1758,37 @@ impl Store {
             .await?;
         ids.sort();
         Ok(ids)
+    }
+
+    /// Asks whichever orchestrator runs call `id` to stop it: each looks for such requests at
+    /// every sweep ([`INSTANCE_RENEW`]). The request expires by itself.
+    pub async fn request_call_cancel(&self, id: &str) -> Result<(), StoreError> {
+        if !valid_id(id) {
+            return Ok(());
+        }
+        self.query::<()>(
+            redis::cmd("SET")
+                .arg(self.inner.keys.call_cancel(id))
+                .arg(&*self.instance)
+                .arg("PX")
+                .arg(CALL_CANCEL_TTL.as_millis() as u64),
+        )
+        .await
+    }
+
+    /// Which of `ids` someone asked to stop (see [`Store::request_call_cancel`]).
+    pub async fn cancel_requested(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
+        let ids: Vec<&String> = ids.iter().filter(|i| valid_id(i)).collect();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids.iter().map(|i| self.inner.keys.call_cancel(i)).collect();
+        let found: Vec<Option<String>> = self.query(redis::cmd("MGET").arg(&keys)).await?;
+        Ok(ids
+            .into_iter()
+            .zip(found)
+            .filter_map(|(i, f)| f.map(|_| i.clone()))
+            .collect())
     }
 
     /// Every call in flight (`approved` or `running`) with the instance that runs it (`None`

@@ -1853,3 +1853,71 @@ async fn websocket_pings_keep_the_stream_s_redis_connection() {
     );
     s.finish().await;
 }
+
+/// Two orchestrators on one Redis: a cancel sent to B stops the call A runs (A's container is
+/// killed within a few sweeps), and a call proposed on A but approved on B runs on B while A's
+/// container prepared for it goes away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancels_and_decisions_reach_the_orchestrator_that_holds_the_container() {
+    let fx = Fixture::new(ServerOptions::default().tool("run_shell", "allow")).await;
+    let alice = fx.alice.token.clone();
+    fx.alice.workspace.write("a.txt", "before\n");
+    let instance_b = format!("{}-b", fx.instance);
+    let _reap_b = ReapOnDrop(instance_b.clone());
+    let (config_b, port_b) = fx.second_config("airlock-b.toml", &instance_b);
+    let a = ServerProcess::start(&fx, 1).await;
+    let b = ServerProcess::start_with(&fx, 2, &config_b, port_b).await;
+    let sid = a.api.session(&alice).await;
+    let sweeps = airlock::store::INSTANCE_RENEW * 4 + Duration::from_secs(5);
+
+    // Cancel on B, the call runs on A.
+    let on_a = running_shell(&a.api, &alice, &sid, "sleep 120").await;
+    b.api
+        .post(&format!("/v1/tool-calls/{on_a}/cancel"), &alice, json!({}))
+        .await
+        .expect(200);
+    let c = a
+        .api
+        .wait_status(&alice, &on_a, &["cancelled", "failed", "succeeded"], sweeps)
+        .await;
+    assert_eq!(c["status"], "cancelled", "{c:#}");
+    assert_eq!(c["outcome"]["cancelled"], true, "{c:#}");
+    let deadline = Instant::now() + sweeps;
+    while !docker_ps(&on_a).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "A's container of the cancelled call is still there"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Proposed on A (its container starts while the user reads), approved on B.
+    let call = a
+        .api
+        .propose_ok(&alice, &sid, "edit_file", edit("a.txt", "before", "after"))
+        .await;
+    let cid = id_of(&call);
+    let deadline = Instant::now() + CALL_TIMEOUT;
+    while fx.containers(Some(&cid)).await.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "A prepared no container for {cid}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    b.api
+        .decide(&alice, &cid, "approve", &sha_of(&call), None)
+        .await
+        .expect(200);
+    let c = b
+        .api
+        .wait_status(&alice, &cid, &["succeeded", "failed"], CALL_TIMEOUT)
+        .await;
+    assert_eq!(c["status"], "succeeded", "{c:#}");
+    assert_eq!(fx.alice.workspace.read("a.txt").as_deref(), Some("after\n"));
+    // A's prepared container (labelled with A's instance) is removed by A's sweep.
+    fx.assert_no_containers(Some(&cid), "A's container prepared for a call B ran")
+        .await;
+    drop(b);
+    drop(a);
+}
