@@ -166,6 +166,27 @@ write = true
         let c = shell(&srv, &s, cmd).await;
         ran_without_secrets(&c, &format!("[{rt}] {cmd}"));
     }
+    // The file tools refuse the aliases too: a hard link is protected as its target is.
+    for path in ["alias", "env_link"] {
+        let c = srv
+            .api
+            .propose_ok(&srv.alice.token, &s, "read_file", json!({ "path": path }))
+            .await;
+        let c = srv
+            .api
+            .wait_status(
+                &srv.alice.token,
+                c["id"].as_str().unwrap(),
+                &["succeeded", "failed"],
+                CALL_TIMEOUT,
+            )
+            .await;
+        assert_eq!(
+            c["error"]["code"], "protected_path",
+            "[{rt}] read_file {path}: {c:#}"
+        );
+        ran_without_secrets(&c, &format!("[{rt}] read_file {path}"));
+    }
     // A link made by one call, read by the next.
     let c = shell(&srv, &s, "ln -s config/.e* step1").await;
     assert_eq!(c["status"], "succeeded", "{c:#}");
