@@ -301,9 +301,8 @@ async fn an_unlistable_directory_fails_closed() {
 
 /// A monorepo with 1,000 `.env` files: more matches than masks a container may have, so they
 /// are merged into directory masks, and the call says which.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_thousand_secrets_are_masked_by_directory() {
-    let srv = TestServer::start(default_policy(Runtime::Runc, "")).await;
+async fn a_thousand_secrets_are_masked_by_directory(runtime: Runtime) {
+    let srv = TestServer::start(default_policy(runtime, "")).await;
     let ws = &srv.alice.workspace;
     for i in 0..1000 {
         ws.write(&format!("pkgs/p{i}/.env"), format!("SECRET_ENV_1_{i}\n"));
@@ -317,6 +316,16 @@ async fn a_thousand_secrets_are_masked_by_directory() {
     assert!(c["outcome"]["masks"].as_u64().unwrap() <= 64, "{c:#}");
     assert_eq!(c["outcome"]["masked_directories"], json!(["pkgs"]), "{c:#}");
     srv.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_secrets_are_masked_by_directory_runc() {
+    a_thousand_secrets_are_masked_by_directory(Runtime::Runc).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_secrets_are_masked_by_directory_runsc() {
+    a_thousand_secrets_are_masked_by_directory(Runtime::Runsc).await;
 }
 
 /// A command that swaps a read-only path's parent for a symlink to another directory of the
