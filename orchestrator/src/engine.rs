@@ -632,8 +632,14 @@ impl Engine {
     /// Starts the call's container while the user decides; the executor waits on stdin.
     fn start_prepare(&self, user: &User, policy: &Policy, rec: &CallRecord, call: &ToolCall) {
         let mut map = self.prepared.lock().expect("prepared lock");
-        if map.len() >= self.limits.max_prepared {
-            return; // bounded: the approval will start its container cold
+        // Bounded, and never every container slot: calls that run (and the survey a container
+        // with read-only views waits for under its workspace's lock) always find one.
+        let cap = self
+            .limits
+            .max_prepared
+            .min(self.limits.max_containers.saturating_sub(1));
+        if map.len() >= cap {
+            return; // the approval will start its container cold
         }
         let sandbox = self.sandbox.clone();
         let profile = policy.profile_for(user);
