@@ -425,9 +425,12 @@ pub fn verify(
             )));
         }
     }
+    // A set: a pnpm-style workspace has thousands of hard-linked files.
+    let known_links: std::collections::HashSet<&str> =
+        view.known_links.iter().map(String::as_str).collect();
     for link in &found.known_links {
-        let known = view.known_links.iter().any(|k| k == link)
-            || view.masks.iter().any(|m| covers(m, link));
+        let known =
+            known_links.contains(link.as_str()) || view.masks.iter().any(|m| covers(m, link));
         if !known {
             return Err(stale(format!(
                 "`{link}` is a hard link that was not there when the protected paths were listed"

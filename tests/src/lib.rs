@@ -163,7 +163,9 @@ impl TestSandbox {
     /// Runs one call to the end and returns its events and outcome.
     pub async fn call(&self, ws: &Workspace, req: Request, profile: &Profile) -> Called {
         let writable = req.mode == Mode::Apply && req.call.mutates();
-        let spec = ws.spec(&req.call, writable);
+        let mut spec = ws.spec(&req.call, writable);
+        // The masks are made for the rules the request carries.
+        spec.protected = req.protected.clone();
         let handle = self
             .sandbox
             .run(profile, &spec, &req)

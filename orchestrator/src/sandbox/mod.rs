@@ -54,8 +54,8 @@ pub enum SandboxError {
     Io(#[from] std::io::Error),
     #[error("image build failed: {0}")]
     Build(String),
-    /// The workspace changed between the survey of its protected paths and the call, twice:
-    /// nothing ran.
+    /// The executor found a protected path its container's masks do not cover (the workspace
+    /// changed since the survey): nothing ran. [`Sandbox::send`] surveys and retries once.
     #[error("{0}")]
     Stale(String),
     /// The survey of the workspace's protected paths failed (a stable executor error code):
@@ -69,7 +69,10 @@ impl SandboxError {
     /// workspace's fault rather than the infrastructure's.
     pub fn as_tool_error(&self) -> Option<(String, String)> {
         match self {
-            SandboxError::Stale(m) => Some((ErrorCode::StaleSandbox.as_str().into(), m.clone())),
+            SandboxError::Stale(m) => Some((
+                ErrorCode::StaleSandbox.as_str().into(),
+                format!("{m}; it was retried once with a fresh listing: propose the call again"),
+            )),
             SandboxError::Survey { code, message } => Some((code.clone(), message.clone())),
             _ => None,
         }
@@ -526,17 +529,6 @@ impl Sandbox {
         spec: &CallSpec,
         request: &Request,
     ) -> Result<CallHandle, SandboxError> {
-        // The masks follow the rules the request carries when the spec names none.
-        let owned;
-        let spec = if spec.protected.is_empty() && !request.protected.is_empty() {
-            owned = CallSpec {
-                protected: request.protected.clone(),
-                ..spec.clone()
-            };
-            &owned
-        } else {
-            spec
-        };
         let prepared = self.prepare(profile, spec).await?;
         self.send(prepared, profile, spec, request).await
     }
@@ -626,11 +618,6 @@ impl Prepared {
     /// The protected-path rules its masks were made for.
     pub fn protected(&self) -> &[airlock_executor::protocol::ProtectedPath] {
         &self.protected
-    }
-
-    /// Number of masks the container has.
-    pub fn masks(&self) -> usize {
-        self.view.as_ref().map_or(0, |v| v.masks.len())
     }
 
     /// Writes the request (with the container's masks); the deadline starts now. Events
