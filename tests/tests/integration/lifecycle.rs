@@ -57,7 +57,7 @@ async fn a_killed_server_leaves_a_container_that_ends_itself_at_its_deadline() {
                 .http
                 .post(api.url(&format!("/v1/sessions/{sid}/tool-calls")))
                 .bearer_auth(&alice)
-                .json(&json!({"tool": "run_shell", "args": {"command": "tail -f /dev/null"}}))
+                .json(&json!({"tool": "run_shell", "args": {"command": "echo started; tail -f /dev/null"}}))
                 .send()
                 .await;
         })
@@ -75,12 +75,24 @@ async fn a_killed_server_leaves_a_container_that_ends_itself_at_its_deadline() {
             };
             let tool = info
                 .config
-                .and_then(|c| c.labels)
+                .as_ref()
+                .and_then(|c| c.labels.as_ref())
                 .and_then(|l| l.get("airlock.tool").cloned());
+            let call = info
+                .config
+                .as_ref()
+                .and_then(|c| c.labels.as_ref())
+                .and_then(|l| l.get("airlock.call").cloned());
             if tool.as_deref() == Some("run_shell")
                 && info.state.and_then(|s| s.running) == Some(true)
             {
-                break 'found id;
+                // Running the command, not only waiting for its request.
+                let c = api
+                    .get_call(&alice, call.as_deref().unwrap_or_default())
+                    .await;
+                if c["output"].to_string().contains("started") {
+                    break 'found id;
+                }
             }
         }
         assert!(Instant::now() < deadline, "the call's container never ran");
