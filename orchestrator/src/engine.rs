@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use airlock_executor::protocol::{Event, Mode, Request, ToolCall, ToolResult};
 use serde_json::{json, Value};
@@ -17,10 +17,11 @@ use crate::calls::{finished_status, CallStatus, Decision};
 use crate::config::LimitsConfig;
 use crate::metrics::Metrics;
 use crate::policy::{Grant, Policy, User};
-use crate::quota::{CallSlot, Quotas, SessionGrants};
+use crate::quota::{CallSlot, QuotaError, Quotas};
 use crate::sandbox::{CallSpec, Prepared, Sandbox, SandboxError, SandboxEvent};
 use crate::store::{
-    AuditEntry, CallRecord, DecisionResult, SessionRecord, Store, StoreError, StoredEvent,
+    now_ms, AuditEntry, CallRecord, DecisionResult, GrantAdded, SessionRecord, Store, StoreError,
+    StoredEvent,
 };
 
 /// Errors of the engine, mapped to HTTP statuses by the API.
@@ -44,11 +45,13 @@ pub enum EngineError {
     Sandbox(#[from] SandboxError),
 }
 
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+impl From<QuotaError> for EngineError {
+    fn from(e: QuotaError) -> EngineError {
+        match e {
+            QuotaError::Over(m) => EngineError::Busy(m),
+            QuotaError::Store(e) => EngineError::Store(e),
+        }
+    }
 }
 
 /// The hash an approval is bound to: the tool, its exact arguments, and the sha256 of the
@@ -63,6 +66,9 @@ pub fn binding_sha256(tool: &str, args: &Value, preview_base: Option<&str>) -> S
 
 type PrepareTask = JoinHandle<Result<Prepared, SandboxError>>;
 
+/// Most grants one session may hold.
+pub const MAX_GRANTS_PER_SESSION: usize = 64;
+
 pub struct Engine {
     pub store: Store,
     pub sandbox: Sandbox,
@@ -76,8 +82,6 @@ pub struct Engine {
     per_user: Mutex<HashMap<String, Arc<Semaphore>>>,
     /// The policy's per-user limits on concurrent calls and calls per minute.
     quotas: Quotas,
-    /// Patterns users approved for the rest of a session.
-    grants: SessionGrants,
     /// Why the last policy reload was rejected (None after a good one).
     policy_error: Mutex<Option<String>>,
     pub metrics: Metrics,
@@ -97,6 +101,7 @@ impl Engine {
         limits: LimitsConfig,
     ) -> Arc<Engine> {
         Arc::new(Engine {
+            quotas: Quotas::new(store.clone()),
             store,
             sandbox,
             policy: RwLock::new(Arc::new(policy)),
@@ -105,8 +110,6 @@ impl Engine {
             prepared: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
             per_user: Mutex::new(HashMap::new()),
-            quotas: Quotas::default(),
-            grants: SessionGrants::default(),
             policy_error: Mutex::new(None),
             metrics: Metrics::default(),
             tasks: TaskTracker::new(),
@@ -216,6 +219,8 @@ impl Engine {
     /// running calls someone asked to cancel are stopped, and containers prepared for
     /// approvals that were decided (or expired, or cancelled) elsewhere are removed.
     pub async fn reconcile(&self) -> Result<(), EngineError> {
+        // The user's places held by calls this process runs stay taken while it lives.
+        self.quotas.renew().await?;
         let running: Vec<String> = self
             .running
             .lock()
@@ -328,7 +333,6 @@ impl Engine {
     pub async fn delete_session(&self, user: &User, id: &str) -> Result<(), EngineError> {
         self.owned_session(user, id).await?;
         self.store.delete_session(id).await?;
-        self.grants.clear(id);
         // The agent's conversation and turn lock go with it (after the session, so a turn still
         // running cannot write them back).
         if let Err(e) = self.store.delete_agent_state(id).await {
@@ -380,21 +384,50 @@ impl Engine {
         let g = Grant::new(tool, pattern).map_err(EngineError::BadRequest)?;
         // `writable`: what the grant allows runs with the mount its approval had.
         let shown = json!({"tool": g.tool.as_str(), "pattern": g.pattern, "writable": g.write});
-        self.grants
-            .add(session_id, g)
-            .map_err(EngineError::Conflict)?;
-        self.store
-            .append_event(session_id, "session_grant", &shown)
-            .await?;
-        Ok(shown)
+        match self
+            .store
+            .add_grant(
+                session_id,
+                g.tool.as_str(),
+                &g.pattern,
+                MAX_GRANTS_PER_SESSION,
+                ("session_grant", &shown),
+            )
+            .await?
+        {
+            GrantAdded::Added | GrantAdded::Exists => Ok(shown),
+            GrantAdded::Full => Err(EngineError::Conflict(format!(
+                "this session already has {MAX_GRANTS_PER_SESSION} grants"
+            ))),
+            GrantAdded::NoSession => Err(EngineError::NotFound("session")),
+        }
+    }
+
+    /// The session's grants, from Redis (shared by every orchestrator). A stored grant that
+    /// no longer compiles (a newer Airlock changed the pattern syntax) is left out: the user
+    /// is asked again.
+    async fn grants(&self, session_id: &str) -> Result<Vec<Grant>, EngineError> {
+        Ok(self
+            .store
+            .grants(session_id)
+            .await?
+            .into_iter()
+            .filter_map(|(tool, pattern)| match Grant::new(&tool, &pattern) {
+                Ok(g) => Some(g),
+                Err(e) => {
+                    tracing::warn!(session_id, tool, error = %e, "ignoring a stored grant that does not compile");
+                    None
+                }
+            })
+            .collect())
     }
 
     /// The session's grants.
     pub async fn list_grants(&self, user: &User, session_id: &str) -> Result<Value, EngineError> {
         self.owned_session(user, session_id).await?;
         let list: Vec<Value> = self
-            .grants
-            .get(session_id)
+            .grants(session_id)
+            .await?
             .iter()
             .map(|g| json!({"tool": g.tool.as_str(), "pattern": g.pattern}))
             .collect();
@@ -467,17 +500,11 @@ impl Engine {
         let call = ToolCall::from_parts(tool, args.clone()).map_err(EngineError::BadRequest)?;
         let policy = self.policy();
         let (concurrent, per_minute) = policy.call_limits(user);
-        self.quotas
-            .check_rate(&user.name, per_minute, Instant::now())
-            .map_err(EngineError::Busy)?;
-        let verdict = policy.evaluate_with_grants(user, &call, &self.grants.get(session_id));
+        self.quotas.check_rate(&user.name, per_minute).await?;
+        let verdict = policy.evaluate_with_grants(user, &call, &self.grants(session_id).await?);
         // A call that runs at once needs a place among the user's concurrent calls now.
         let slot = match verdict.decision {
-            Decision::Allow => Some(
-                self.quotas
-                    .reserve(&user.name, concurrent)
-                    .map_err(EngineError::Busy)?,
-            ),
+            Decision::Allow => Some(self.quotas.reserve(&user.name, concurrent).await?),
             _ => None,
         };
         let id = uuid::Uuid::new_v4().to_string();
@@ -676,11 +703,7 @@ impl Engine {
         // first, or the approval is refused (429) and the call stays pending.
         let slot = if approve {
             let (concurrent, _) = self.policy().call_limits(user);
-            Some(
-                self.quotas
-                    .reserve(&user.name, concurrent)
-                    .map_err(EngineError::Busy)?,
-            )
+            Some(self.quotas.reserve(&user.name, concurrent).await?)
         } else {
             None
         };
@@ -727,8 +750,8 @@ impl Engine {
                 let policy = self.policy();
                 let call = ToolCall::from_parts(&rec.tool, rec.args.clone())
                     .map_err(EngineError::BadRequest)?;
-                let verdict =
-                    policy.evaluate_with_grants(user, &call, &self.grants.get(&rec.session_id));
+                let grants = self.grants(&rec.session_id).await?;
+                let verdict = policy.evaluate_with_grants(user, &call, &grants);
                 let mut audited = rec.clone();
                 audited.policy_sha256 = policy.sha256.clone();
                 if verdict.decision == Decision::Deny {
@@ -981,9 +1004,9 @@ impl Engine {
         // `write`. An approved call, and an allowed write_file/edit_file, write.
         let writable = match &call {
             ToolCall::RunShell(_) if rec.decision == Decision::Allow => {
-                policy
-                    .evaluate_with_grants(user, &call, &self.grants.get(&rec.session_id))
-                    .write
+                // Grants Redis cannot give now count as none: read-only (fail closed).
+                let grants = self.grants(&rec.session_id).await.unwrap_or_default();
+                policy.evaluate_with_grants(user, &call, &grants).write
             }
             _ => call.mutates(),
         };

@@ -22,6 +22,7 @@
 //! | `{p}running` | set: call ids that are `approved` or `running` (an orchestrator owes them a run) | every transition | none |
 //! | `{p}runners` | hash: call id → the instance that moved it in flight (and so runs it); same members as `{p}running` | every transition | none |
 //! | `{p}instance:{name}` | string: the holder (`host/pid/uuid`) of instance `name`'s lease, renewed while that orchestrator lives | `claim_instance`, `renew_instance`, `release_instance` | `PX` = [`INSTANCE_LEASE`] |
+//! | `{p}user:{name}:slots`, `{p}user:{name}:proposals`, `{p}session:{sid}:grants` | quotas and grants: see `store/quota.rs` | | |
 //! | `{p}audit` | stream, entries: the [`AuditEntry`] fields | `create_call`, `transition`, `decide`, `expire_due` | none (append-only, never trimmed) |
 //!
 //! # Atomicity
@@ -63,6 +64,10 @@ use crate::calls::{CallStatus, Decision};
 /// The agent's keys (conversation history, turn lock): a separate `impl Store`.
 mod history;
 pub use history::{Heartbeat, TURN_HEARTBEAT, TURN_LOCK_TTL};
+
+/// Quotas and session grants, shared by every orchestrator on one Redis.
+mod quota;
+pub use quota::{GrantAdded, Rate, Reservation, RATE_WINDOW, SLOT_TTL};
 
 /// The default key prefix.
 pub const DEFAULT_PREFIX: &str = "airlock:";
@@ -769,7 +774,7 @@ for _, cid in ipairs(calls) do
   redis.call('SREM', RUNNING, cid)
   redis.call('HDEL', RUNNERS, cid)
 end
-redis.call('DEL', session_key(sid), calls_key(sid), events_key(sid))
+redis.call('DEL', session_key(sid), calls_key(sid), events_key(sid), session_key(sid) .. ':grants')
 redis.call('ZREM', user_key(owner), sid)
 return 1
 "#;

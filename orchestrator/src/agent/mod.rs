@@ -26,9 +26,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::calls::CallStatus;
 use crate::config::LlmConfig;
-use crate::engine::{now_ms, Engine, EngineError};
+use crate::engine::{Engine, EngineError};
 use crate::llm::{Completion, LlmClient, LlmError, LlmSettings, LlmSetupError, Usage};
 use crate::policy::User;
+use crate::store::now_ms;
 use crate::store::{CallRecord, Heartbeat, StoreError, TURN_HEARTBEAT};
 
 use prompt::{build_messages, render_tool_result, tool_schemas, validate_call, ToolOutcome};

@@ -1921,3 +1921,155 @@ async fn cancels_and_decisions_reach_the_orchestrator_that_holds_the_container()
     drop(b);
     drop(a);
 }
+
+/// Quotas and session grants live in Redis: two orchestrators on one Redis enforce one
+/// `concurrent_calls`, and a grant made on A applies on B and outlives both processes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_and_grants_are_shared_by_replicas_and_kept_across_restarts() {
+    let policy = "[defaults]\nsession_grants = true\n\
+                  [defaults.tools]\nread_file = \"allow\"\nrun_shell = \"allow\"\nwrite_file = \"ask\"\n\
+                  [defaults.limits]\ntimeout_secs = 60\nconcurrent_calls = 2\n";
+    let fx = Fixture::new(ServerOptions {
+        base_policy: Some(policy.to_string()),
+        ..Default::default()
+    })
+    .await;
+    let alice = fx.alice.token.clone();
+    let instance_b = format!("{}-b", fx.instance);
+    let _reap_b = ReapOnDrop(instance_b.clone());
+    let (config_b, port_b) = fx.second_config("airlock-b.toml", &instance_b);
+    let a = ServerProcess::start(&fx, 1).await;
+    let b = ServerProcess::start_with(&fx, 2, &config_b, port_b).await;
+    let sid = a.api.session(&alice).await;
+
+    // One call runs on A, one on B: alice's two places are taken on both replicas.
+    let on_a = running_shell(&a.api, &alice, &sid, "sleep 120").await;
+    let on_b = running_shell(&b.api, &alice, &sid, "sleep 120").await;
+    for api in [&a.api, &b.api] {
+        let r = api
+            .propose(&alice, &sid, "run_shell", json!({"command": "echo third"}))
+            .await;
+        assert_eq!(r.status, 429, "{}", r.text);
+        assert!(
+            r.text.contains("2 tool call(s) running") && r.text.contains("2 at once"),
+            "{}",
+            r.text
+        );
+    }
+    // Cancelling A's call frees a place that B sees.
+    a.api
+        .post(&format!("/v1/tool-calls/{on_a}/cancel"), &alice, json!({}))
+        .await
+        .expect(200);
+    a.api
+        .wait_status(&alice, &on_a, &["cancelled"], CALL_TIMEOUT)
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = b
+            .api
+            .propose(&alice, &sid, "run_shell", json!({"command": "echo freed"}))
+            .await;
+        if r.status == 201 {
+            break;
+        }
+        assert_eq!(r.status, 429, "{}", r.text);
+        assert!(
+            Instant::now() < deadline,
+            "the place A's cancelled call held was not freed for B: {}",
+            r.text
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    b.api
+        .post(&format!("/v1/tool-calls/{on_b}/cancel"), &alice, json!({}))
+        .await
+        .expect(200);
+    b.api
+        .wait_status(&alice, &on_b, &["cancelled"], CALL_TIMEOUT)
+        .await;
+
+    // A grant made on A applies on B.
+    let write = |path: &str| json!({"path": path, "content": "granted\n"});
+    let before = b
+        .api
+        .propose_ok(&alice, &sid, "write_file", write("notes/one.txt"))
+        .await;
+    assert_eq!(before["status"], "awaiting_approval", "{before:#}");
+    a.api
+        .post(
+            &format!("/v1/sessions/{sid}/grants"),
+            &alice,
+            json!({"tool": "write_file", "pattern": "notes/*"}),
+        )
+        .await
+        .expect(201);
+    let listed = b
+        .api
+        .get(&format!("/v1/sessions/{sid}/grants"), &alice)
+        .await;
+    listed.expect(200);
+    assert_eq!(
+        listed.json["grants"],
+        json!([{"tool": "write_file", "pattern": "notes/*"}])
+    );
+    let granted = b
+        .api
+        .propose_ok(&alice, &sid, "write_file", write("notes/two.txt"))
+        .await;
+    let c = b
+        .api
+        .wait_status(
+            &alice,
+            &id_of(&granted),
+            &["succeeded", "failed"],
+            CALL_TIMEOUT,
+        )
+        .await;
+    assert_eq!(c["status"], "succeeded", "{c:#}");
+    assert_eq!(
+        fx.alice.workspace.read("notes/two.txt").as_deref(),
+        Some("granted\n")
+    );
+
+    // Both orchestrators stop and start again: the grant is still there.
+    drop(b);
+    drop(a);
+    let a = ServerProcess::start(&fx, 3).await;
+    let b = ServerProcess::start_with(&fx, 4, &config_b, port_b).await;
+    for (api, path) in [(&a.api, "notes/three.txt"), (&b.api, "notes/four.txt")] {
+        let call = api
+            .propose_ok(&alice, &sid, "write_file", write(path))
+            .await;
+        let c = api
+            .wait_status(
+                &alice,
+                &id_of(&call),
+                &["succeeded", "failed"],
+                CALL_TIMEOUT,
+            )
+            .await;
+        assert_eq!(c["status"], "succeeded", "{c:#}");
+    }
+    // Outside the pattern it still asks.
+    let other = b
+        .api
+        .propose_ok(&alice, &sid, "write_file", write("elsewhere.txt"))
+        .await;
+    assert_eq!(other["status"], "awaiting_approval", "{other:#}");
+    // Deleting the session deletes its grants with it.
+    a.api
+        .call("DELETE", &format!("/v1/sessions/{sid}"), Some(&alice), None)
+        .await
+        .expect(204);
+    drop(b);
+    drop(a);
+    let client = redis::Client::open(fx.redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*grants*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(keys.is_empty(), "grant keys left behind: {keys:?}");
+}

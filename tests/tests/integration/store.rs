@@ -1351,3 +1351,224 @@ async fn blocking_reads_are_bounded_by_the_reader_cap() {
     assert_eq!(held.len(), 1);
     assert_eq!(held[0].id, id);
 }
+
+/// Concurrent-call places: a limit holds, a released or lapsed place is free again, and a
+/// renewal keeps only the places still held.
+#[tokio::test]
+async fn call_slots_hold_a_limit_lapse_and_renew() {
+    use airlock::store::{Reservation, SLOT_TTL};
+    let server = RedisServer::start();
+    let store = open_store(&server).await;
+    let mut conn = raw(&server).await;
+    let key = "airlock:user:alice:slots";
+    assert_eq!(
+        store.reserve_slot("alice", "t1", Some(2)).await.unwrap(),
+        Reservation::Reserved
+    );
+    assert_eq!(
+        store.reserve_slot("alice", "t2", Some(2)).await.unwrap(),
+        Reservation::Reserved
+    );
+    assert_eq!(
+        store.reserve_slot("alice", "t3", Some(2)).await.unwrap(),
+        Reservation::Full { running: 2 }
+    );
+    // Other users and unlimited reservations are not affected.
+    assert_eq!(
+        store.reserve_slot("bob", "b1", Some(2)).await.unwrap(),
+        Reservation::Reserved
+    );
+    assert_eq!(store.held_slots("alice").await.unwrap(), 2);
+    store.release_slot("alice", "t1").await.unwrap();
+    assert_eq!(
+        store.reserve_slot("alice", "t3", Some(2)).await.unwrap(),
+        Reservation::Reserved
+    );
+    // A place whose holder stopped renewing lapses: t2's time is up.
+    let _: () = redis::cmd("ZADD")
+        .arg(key)
+        .arg(now_ms() - 1)
+        .arg("t2")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(store.held_slots("alice").await.unwrap(), 1);
+    assert_eq!(
+        store.reserve_slot("alice", "t4", Some(2)).await.unwrap(),
+        Reservation::Reserved
+    );
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(ttl > 0 && ttl <= SLOT_TTL.as_millis() as i64, "{ttl}");
+    // Renewing pushes a held place's lapse forward and does not bring back a released one.
+    let _: () = redis::cmd("ZADD")
+        .arg(key)
+        .arg(now_ms() + 1_000)
+        .arg("t3")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    store.release_slot("alice", "t4").await.unwrap();
+    store
+        .renew_slots(&[("alice".into(), "t3".into()), ("alice".into(), "t4".into())])
+        .await
+        .unwrap();
+    let score: Option<f64> = redis::cmd("ZSCORE")
+        .arg(key)
+        .arg("t3")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let left = score.unwrap() as i64 - now_ms() as i64;
+    assert!(
+        left > SLOT_TTL.as_millis() as i64 - 5_000,
+        "t3 was not renewed: {left} ms left"
+    );
+    let gone: Option<f64> = redis::cmd("ZSCORE")
+        .arg(key)
+        .arg("t4")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(gone, None, "a released place came back");
+    assert_eq!(
+        store.reserve_slot("alice", "t5", None).await.unwrap(),
+        Reservation::Reserved
+    );
+}
+
+/// `calls_per_minute`: the window counts proposals of the last minute and slides.
+#[tokio::test]
+async fn the_proposal_window_counts_and_slides() {
+    use airlock::store::Rate;
+    let server = RedisServer::start();
+    let store = open_store(&server).await;
+    let mut conn = raw(&server).await;
+    for _ in 0..3 {
+        assert_eq!(
+            store.count_proposal("alice", Some(3)).await.unwrap(),
+            Rate::Counted
+        );
+    }
+    match store.count_proposal("alice", Some(3)).await.unwrap() {
+        Rate::Limited { retry_after } => assert!(
+            retry_after > Duration::from_secs(50) && retry_after <= Duration::from_secs(60),
+            "{retry_after:?}"
+        ),
+        other => panic!("the fourth proposal was {other:?}"),
+    }
+    assert_eq!(
+        store.count_proposal("bob", Some(3)).await.unwrap(),
+        Rate::Counted
+    );
+    // Age two proposals past the window: two more fit, then it refuses again.
+    let key = "airlock:user:alice:proposals";
+    let members: Vec<String> = redis::cmd("ZRANGE")
+        .arg(key)
+        .arg(0)
+        .arg(1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    for m in &members {
+        let _: () = redis::cmd("ZADD")
+            .arg(key)
+            .arg(now_ms() - 61_000)
+            .arg(m)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    for _ in 0..2 {
+        assert_eq!(
+            store.count_proposal("alice", Some(3)).await.unwrap(),
+            Rate::Counted
+        );
+    }
+    assert!(matches!(
+        store.count_proposal("alice", Some(3)).await.unwrap(),
+        Rate::Limited { .. }
+    ));
+    // Unlimited users are counted but never refused.
+    for _ in 0..5 {
+        assert_eq!(
+            store.count_proposal("alice", None).await.unwrap(),
+            Rate::Counted
+        );
+    }
+}
+
+/// Grants: atomic with their event, deduplicated, bounded, and deleted with the session.
+#[tokio::test]
+async fn grants_are_stored_with_their_event_and_deleted_with_the_session() {
+    use airlock::store::GrantAdded;
+    let server = RedisServer::start();
+    let store = open_store(&server).await;
+    let ev = json!({"tool": "run_shell", "pattern": "cargo test *"});
+    assert_eq!(
+        store
+            .add_grant(
+                &new_id(),
+                "run_shell",
+                "cargo test *",
+                2,
+                ("session_grant", &ev)
+            )
+            .await
+            .unwrap(),
+        GrantAdded::NoSession
+    );
+    let s = store.create_session("alice").await.unwrap();
+    for want in [GrantAdded::Added, GrantAdded::Exists] {
+        assert_eq!(
+            store
+                .add_grant(
+                    &s.id,
+                    "run_shell",
+                    "cargo test *",
+                    2,
+                    ("session_grant", &ev)
+                )
+                .await
+                .unwrap(),
+            want
+        );
+    }
+    assert_eq!(
+        store
+            .add_grant(&s.id, "write_file", "notes/*", 2, ("session_grant", &ev))
+            .await
+            .unwrap(),
+        GrantAdded::Added
+    );
+    assert_eq!(
+        store
+            .add_grant(&s.id, "read_file", "*", 2, ("session_grant", &ev))
+            .await
+            .unwrap(),
+        GrantAdded::Full
+    );
+    let grants = store.grants(&s.id).await.unwrap();
+    assert_eq!(grants.len(), 2, "{grants:?}");
+    assert!(grants.contains(&("run_shell".into(), "cargo test *".into())));
+    assert!(grants.contains(&("write_file".into(), "notes/*".into())));
+    // One event per grant actually added.
+    let events = store.read_events(&s.id, None, 100).await.unwrap();
+    assert_eq!(
+        events.iter().filter(|e| e.kind == "session_grant").count(),
+        2,
+        "{events:?}"
+    );
+    store.delete_session(&s.id).await.unwrap();
+    assert!(store.grants(&s.id).await.unwrap().is_empty());
+    let mut conn = raw(&server).await;
+    let n: u64 = redis::cmd("EXISTS")
+        .arg(format!("airlock:session:{}:grants", s.id))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+}

@@ -1,0 +1,284 @@
+//! Per-user call quotas and per-session grants in Redis, so every orchestrator sharing one
+//! Redis enforces the same numbers and a grant made on one is honoured by all (and survives
+//! restarts).
+//!
+//! | key | type | contents | TTL |
+//! |---|---|---|---|
+//! | `{p}user:{name}:slots` | sorted set: one member per reserved or running call (a random token), scored by the time its reservation lapses | `PX` [`SLOT_TTL`], refreshed on every change |
+//! | `{p}user:{name}:proposals` | sorted set: one member per proposal of the last minute, scored by when it was made | `PX` 61 s, refreshed on every proposal |
+//! | `{p}session:{sid}:grants` | hash: `tool` `\n` `pattern` → when it was granted (ms) | none; deleted with the session |
+//!
+//! A slot is held by the orchestrator running the call and renewed at every sweep
+//! ([`Store::renew_slots`]); an orchestrator that dies stops renewing, and its slots lapse
+//! after [`SLOT_TTL`], so a crash frees the user's places without anyone cleaning up.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use redis::Script;
+
+use super::{now_ms, valid_id, Store, StoreError};
+
+/// How long a reserved slot lives without being renewed.
+pub const SLOT_TTL: Duration = Duration::from_secs(30);
+/// The window of `calls_per_minute`.
+pub const RATE_WINDOW: Duration = Duration::from_secs(60);
+/// Proposals remembered per user for an unlimited user (bounds the sorted set).
+const MAX_REMEMBERED: u64 = 10_000;
+
+/// What [`Store::reserve_slot`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reservation {
+    Reserved,
+    /// `running` places are taken and the limit allows no more.
+    Full {
+        running: u64,
+    },
+}
+
+/// What [`Store::count_proposal`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rate {
+    Counted,
+    /// The limit is reached; the oldest proposal in the window leaves it in `retry_after`.
+    Limited {
+        retry_after: Duration,
+    },
+}
+
+/// What [`Store::add_grant`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantAdded {
+    Added,
+    /// The same tool and pattern were granted before (nothing written).
+    Exists,
+    /// The session holds the most grants it may.
+    Full,
+    NoSession,
+}
+
+// KEYS: slots. ARGV: now ms, token, limit ('' = none), ttl ms.
+// Returns {1, n} reserved (n now held), {0, n} full.
+const RESERVE: &str = r#"
+local now = tonumber(ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local n = redis.call('ZCARD', KEYS[1])
+if ARGV[3] ~= '' and n >= tonumber(ARGV[3]) then return {0, n} end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[4]), ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return {1, n + 1}
+"#;
+
+// KEYS: slots keys, one per token. ARGV: now ms, ttl ms, tokens in KEYS order.
+// Renews the tokens still present (a released slot is not brought back).
+const RENEW: &str = r#"
+local now = tonumber(ARGV[1])
+local ttl = tonumber(ARGV[2])
+for i, k in ipairs(KEYS) do
+  redis.call('ZADD', k, 'XX', now + ttl, ARGV[2 + i])
+  redis.call('PEXPIRE', k, ttl)
+end
+return #KEYS
+"#;
+
+// KEYS: proposals. ARGV: now ms, member, limit ('' = none), window ms, max remembered.
+// Returns {1} counted, {0, oldest score} limited.
+const PROPOSE: &str = r#"
+local now = tonumber(ARGV[1])
+local window = tonumber(ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+if ARGV[3] ~= '' then
+  local n = redis.call('ZCARD', KEYS[1])
+  if n >= tonumber(ARGV[3]) then
+    local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+    return {0, oldest[2] or tostring(now)}
+  end
+end
+redis.call('ZADD', KEYS[1], now, ARGV[2])
+redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -tonumber(ARGV[5]) - 1)
+redis.call('PEXPIRE', KEYS[1], window + 1000)
+return {1}
+"#;
+
+// KEYS: session, grants, events. ARGV: field, now ms, max grants, event kind, event data.
+// Returns 'added' (and the event is written), 'exists', 'full' or 'no_session'.
+const ADD_GRANT: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 'no_session' end
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return 'exists' end
+if redis.call('HLEN', KEYS[2]) >= tonumber(ARGV[3]) then return 'full' end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('XADD', KEYS[3], '*', 'kind', ARGV[4], 'data', ARGV[5])
+return 'added'
+"#;
+
+struct QuotaScripts {
+    reserve: Script,
+    renew: Script,
+    propose: Script,
+    add_grant: Script,
+}
+
+static SCRIPTS: LazyLock<QuotaScripts> = LazyLock::new(|| QuotaScripts {
+    reserve: Script::new(RESERVE),
+    renew: Script::new(RENEW),
+    propose: Script::new(PROPOSE),
+    add_grant: Script::new(ADD_GRANT),
+});
+
+impl Store {
+    fn slots_key(&self, user: &str) -> String {
+        format!("{}user:{user}:slots", self.keys().prefix())
+    }
+    fn proposals_key(&self, user: &str) -> String {
+        format!("{}user:{user}:proposals", self.keys().prefix())
+    }
+    pub(super) fn grants_key(&self, sid: &str) -> String {
+        format!("{}:grants", self.keys().session(sid))
+    }
+
+    /// Reserves one of `user`'s concurrent-call places under `token`, unless `limit` places
+    /// are held (by any orchestrator). The place lapses after [`SLOT_TTL`] unless renewed.
+    pub async fn reserve_slot(
+        &self,
+        user: &str,
+        token: &str,
+        limit: Option<u32>,
+    ) -> Result<Reservation, StoreError> {
+        let mut inv = SCRIPTS.reserve.prepare_invoke();
+        inv.key(self.slots_key(user))
+            .arg(now_ms())
+            .arg(token)
+            .arg(limit.map(|l| l.to_string()).unwrap_or_default())
+            .arg(SLOT_TTL.as_millis() as u64);
+        let inv = &inv;
+        let (ok, n): (u8, u64) = self
+            .run(|mut c| async move { inv.invoke_async(&mut c).await })
+            .await?;
+        Ok(if ok == 1 {
+            Reservation::Reserved
+        } else {
+            Reservation::Full { running: n }
+        })
+    }
+
+    /// Renews the places held under `held` (user, token) for another [`SLOT_TTL`].
+    pub async fn renew_slots(&self, held: &[(String, String)]) -> Result<(), StoreError> {
+        if held.is_empty() {
+            return Ok(());
+        }
+        let mut inv = SCRIPTS.renew.prepare_invoke();
+        inv.arg(now_ms()).arg(SLOT_TTL.as_millis() as u64);
+        for (user, _) in held {
+            inv.key(self.slots_key(user));
+        }
+        for (_, token) in held {
+            inv.arg(token);
+        }
+        let inv = &inv;
+        let _: u64 = self
+            .run(|mut c| async move { inv.invoke_async(&mut c).await })
+            .await?;
+        Ok(())
+    }
+
+    /// Frees the place held under `token`.
+    pub async fn release_slot(&self, user: &str, token: &str) -> Result<(), StoreError> {
+        let _: u64 = self
+            .query(redis::cmd("ZREM").arg(self.slots_key(user)).arg(token))
+            .await?;
+        Ok(())
+    }
+
+    /// Places of `user` held now, by any orchestrator.
+    pub async fn held_slots(&self, user: &str) -> Result<u64, StoreError> {
+        self.query(
+            redis::cmd("ZCOUNT")
+                .arg(self.slots_key(user))
+                .arg(format!("({}", now_ms()))
+                .arg("+inf"),
+        )
+        .await
+    }
+
+    /// Counts one proposal of `user`, unless `limit` were made in the last minute.
+    pub async fn count_proposal(&self, user: &str, limit: Option<u32>) -> Result<Rate, StoreError> {
+        let now = now_ms();
+        let mut inv = SCRIPTS.propose.prepare_invoke();
+        inv.key(self.proposals_key(user))
+            .arg(now)
+            .arg(uuid::Uuid::new_v4().to_string())
+            .arg(limit.map(|l| l.to_string()).unwrap_or_default())
+            .arg(RATE_WINDOW.as_millis() as u64)
+            .arg(MAX_REMEMBERED);
+        let inv = &inv;
+        let r: Vec<String> = self
+            .run(|mut c| async move { inv.invoke_async(&mut c).await })
+            .await?;
+        match r.as_slice() {
+            [ok] if ok == "1" => Ok(Rate::Counted),
+            [_, oldest] => {
+                let oldest: f64 = oldest.parse().unwrap_or(now as f64);
+                let leaves = (oldest as u64).saturating_add(RATE_WINDOW.as_millis() as u64);
+                Ok(Rate::Limited {
+                    retry_after: Duration::from_millis(leaves.saturating_sub(now)),
+                })
+            }
+            other => Err(StoreError::Corrupt(format!(
+                "unexpected rate reply {other:?}"
+            ))),
+        }
+    }
+
+    /// Records a grant of `tool` + `pattern` in session `sid` and writes `event` (kind, data)
+    /// to the session in the same script.
+    pub async fn add_grant(
+        &self,
+        sid: &str,
+        tool: &str,
+        pattern: &str,
+        max: usize,
+        event: (&str, &serde_json::Value),
+    ) -> Result<GrantAdded, StoreError> {
+        if !valid_id(sid) {
+            return Ok(GrantAdded::NoSession);
+        }
+        let mut inv = SCRIPTS.add_grant.prepare_invoke();
+        inv.key(self.keys().session(sid))
+            .key(self.grants_key(sid))
+            .key(self.keys().events(sid))
+            .arg(format!("{tool}\n{pattern}"))
+            .arg(now_ms())
+            .arg(max)
+            .arg(event.0)
+            .arg(event.1.to_string());
+        let inv = &inv;
+        let r: String = self
+            .run(|mut c| async move { inv.invoke_async(&mut c).await })
+            .await?;
+        Ok(match r.as_str() {
+            "added" => GrantAdded::Added,
+            "exists" => GrantAdded::Exists,
+            "full" => GrantAdded::Full,
+            _ => GrantAdded::NoSession,
+        })
+    }
+
+    /// The session's grants as (tool, pattern), oldest first.
+    pub async fn grants(&self, sid: &str) -> Result<Vec<(String, String)>, StoreError> {
+        if !valid_id(sid) {
+            return Ok(Vec::new());
+        }
+        let m: std::collections::HashMap<String, u64> = self
+            .query(redis::cmd("HGETALL").arg(self.grants_key(sid)))
+            .await?;
+        let mut v: Vec<(u64, String, String)> = m
+            .into_iter()
+            .filter_map(|(k, at)| {
+                let (t, p) = k.split_once('\n')?;
+                Some((at, t.to_string(), p.to_string()))
+            })
+            .collect();
+        v.sort();
+        Ok(v.into_iter().map(|(_, t, p)| (t, p)).collect())
+    }
+}
