@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::agent::{Agent, AgentError};
-use crate::engine::{Engine, EngineError};
+use crate::engine::{Engine, EngineError, EventStream};
 use crate::policy::{Role, User};
 use crate::store::{CallRecord, StoreError, StoredEvent};
 
@@ -317,11 +317,7 @@ async fn healthz() -> Json<Value> {
 }
 
 async fn readyz(State(st): State<AppState>) -> Response {
-    let redis = st.engine.store.ping().await.is_ok();
-    let docker = tokio::time::timeout(Duration::from_secs(3), st.engine.sandbox.docker().ping())
-        .await
-        .map(|r| r.is_ok())
-        .unwrap_or(false);
+    let (redis, docker) = st.engine.readiness().await;
     let status = if redis && docker {
         StatusCode::OK
     } else {
@@ -345,11 +341,7 @@ async fn metrics(
             "metrics are for admins",
         ));
     }
-    let pending = st.engine.store.pending_count().await.ok();
-    let text = st
-        .engine
-        .metrics
-        .render(st.engine.sandbox.containers_in_use(), pending);
+    let text = st.engine.metrics_text().await;
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }
 
@@ -570,16 +562,9 @@ async fn list_session_calls(
     q: Result<Query<CallsQuery>, QueryRejection>,
 ) -> Result<Json<Value>, AppError> {
     let Query(q) = q?;
-    st.engine.owned_session(&user, &id).await?;
-    let calls = st
-        .engine
-        .store
-        .list_calls(&id)
-        .await
-        .map_err(EngineError::from)?;
+    let calls = st.engine.list_calls(&user, &id).await?;
     let calls: Vec<Value> = calls
         .iter()
-        .filter(|c| c.owner == user.name)
         .filter(|c| q.status.as_deref().is_none_or(|s| c.status.as_str() == s))
         .map(call_json)
         .collect();
@@ -592,21 +577,12 @@ async fn audit_entries(
     AuthUser(user): AuthUser,
     q: Result<Query<AfterQuery>, QueryRejection>,
 ) -> Result<Json<Value>, AppError> {
-    if user.role != Role::Admin {
-        return Err(AppError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "the audit log is for admins",
-        ));
-    }
     let Query(q) = q?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let entries = st
         .engine
-        .store
-        .read_audit(q.after.as_deref(), limit)
-        .await
-        .map_err(EngineError::from)?;
+        .audit_page(&user, q.after.as_deref(), limit)
+        .await?;
     let last = entries.last().map(|(id, _)| id.clone()).or(q.after);
     let entries: Vec<Value> = entries
         .into_iter()
@@ -739,12 +715,8 @@ async fn events(
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
     });
-    // Validate the resume point now, so a bad one is a 400 rather than a dead stream.
-    st.engine
-        .store
-        .read_events(&id, after.as_deref(), 1)
-        .await
-        .map_err(EngineError::from)?;
+    // A bad resume point is a 400 now rather than a dead stream.
+    let follow = st.engine.follow(&user, &id, after, STREAM_BLOCK).await?;
     let slot = st
         .streams
         .acquire(&user.name, st.engine.limits().max_streams_per_user)?;
@@ -759,75 +731,47 @@ async fn events(
             .map_err(|e| {
                 AppError::new(StatusCode::BAD_REQUEST, "invalid_request", e.body_text())
             })?;
-        let engine = st.engine.clone();
         let agent = st.agent.clone();
         let stop = st.shutdown.clone();
         return Ok(ws
             .protocols([WS_PROTOCOL])
             .max_message_size(st.engine.limits().max_body_bytes)
-            .on_upgrade(move |socket| {
-                ws_events(socket, engine, (agent, user), id, after, stop, slot)
-            }));
+            .on_upgrade(move |socket| ws_events(socket, follow, (agent, user), id, stop, slot)));
     }
-    let engine = st.engine.clone();
     let stop = st.shutdown.clone();
-    let stream = futures_util::stream::unfold(
-        (engine, id, after, Vec::<StoredEvent>::new()),
-        move |(engine, id, mut after, mut buf)| {
+    // Ends at shutdown, and when Redis goes away (the client resumes with Last-Event-ID).
+    let stream = follow
+        .take_until(async move { stop.cancelled().await })
+        .scan((), |_, e| std::future::ready(e.ok()))
+        .map(move |e| {
             // The slot is freed when the client goes and the stream is dropped.
             let _held = &slot;
-            let stop = stop.clone();
-            async move {
-                loop {
-                    if !buf.is_empty() {
-                        let e = buf.remove(0);
-                        after = Some(e.id.clone());
-                        let ev = SseEvent::default()
-                            .id(e.id.clone())
-                            .event(e.kind.clone())
-                            .data(event_json(&e).to_string());
-                        return Some((Ok::<_, Infallible>(ev), (engine, id, after, buf)));
-                    }
-                    let waited = tokio::select! {
-                        _ = stop.cancelled() => return None,
-                        r = engine.store.wait_events(&id, after.as_deref(), 100, Duration::from_secs(10)) => r,
-                    };
-                    match waited {
-                        Ok(evs) => buf = evs,
-                        // Redis is away: end the stream; the client resumes with Last-Event-ID.
-                        Err(_) => return None,
-                    }
-                }
-            }
-        },
-    );
+            Ok::<_, Infallible>(
+                SseEvent::default()
+                    .id(e.id.clone())
+                    .event(e.kind.clone())
+                    .data(event_json(&e).to_string()),
+            )
+        });
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response())
 }
 
+/// How long one blocking read of a stream waits before it reads again.
+const STREAM_BLOCK: Duration = Duration::from_secs(10);
+
 async fn ws_events(
     socket: WebSocket,
-    engine: Arc<Engine>,
+    mut follow: EventStream,
     (agent, user): (Arc<Agent>, User),
     session: String,
-    mut after: Option<String>,
     stop: tokio_util::sync::CancellationToken,
     _slot: StreamSlot,
 ) {
     let (mut tx, mut rx) = socket.split();
-    // The blocking read outlives client frames: dropping it mid-`XREAD` would throw away its
-    // dedicated Redis connection, so a client that pings would cost a reconnect per ping.
-    let next = |after: Option<String>| {
-        let (engine, session) = (engine.clone(), session.clone());
-        Box::pin(async move {
-            engine
-                .store
-                .wait_events(&session, after.as_deref(), 100, Duration::from_secs(10))
-                .await
-        })
-    };
-    let mut wait = next(after.clone());
+    // `follow` keeps its pending blocking read while client frames win the select: dropping
+    // it mid-`XREAD` would throw away its dedicated Redis connection.
     loop {
         tokio::select! {
             _ = stop.cancelled() => {
@@ -846,18 +790,14 @@ async fn ws_events(
                 }
                 Some(Ok(_)) => {} // pings are answered by axum; binary frames are ignored
             },
-            evs = &mut wait => {
-                match evs {
-                    Ok(evs) => {
-                        for e in evs {
-                            after = Some(e.id.clone());
-                            if tx.send(Message::Text(event_json(&e).to_string().into())).await.is_err() {
-                                return;
-                            }
+            ev = follow.next() => {
+                match ev {
+                    Some(Ok(e)) => {
+                        if tx.send(Message::Text(event_json(&e).to_string().into())).await.is_err() {
+                            return;
                         }
-                        wait = next(after.clone());
                     }
-                    Err(_) => {
+                    Some(Err(_)) | None => {
                         let _ = tx.send(Message::Text(json!({"type": "error", "data": {"code": "store_unavailable", "message": "the state store is unavailable; reconnect with ?after= the last id you saw"}}).to_string().into())).await;
                         let _ = tx.send(Message::Close(None)).await;
                         return;

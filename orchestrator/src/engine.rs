@@ -20,8 +20,8 @@ use crate::policy::{Grant, Policy, User};
 use crate::quota::{CallSlot, QuotaError, Quotas};
 use crate::sandbox::{CallSpec, Prepared, Sandbox, SandboxError, SandboxEvent};
 use crate::store::{
-    now_ms, AuditEntry, CallRecord, DecisionResult, GrantAdded, SessionRecord, Store, StoreError,
-    StoredEvent,
+    now_ms, AgentStore, AuditEntry, CallRecord, DecisionResult, GrantAdded, SessionRecord, Store,
+    StoreError, StoredEvent,
 };
 
 /// Errors of the engine, mapped to HTTP statuses by the API.
@@ -70,8 +70,8 @@ type PrepareTask = JoinHandle<Result<Prepared, SandboxError>>;
 pub const MAX_GRANTS_PER_SESSION: usize = 64;
 
 pub struct Engine {
-    pub store: Store,
-    pub sandbox: Sandbox,
+    store: Store,
+    sandbox: Sandbox,
     policy: RwLock<Arc<Policy>>,
     limits: LimitsConfig,
     /// Containers started for calls awaiting approval (design: start during approval).
@@ -1164,6 +1164,143 @@ impl Engine {
     pub fn limits(&self) -> &LimitsConfig {
         &self.limits
     }
+
+    // ---- what the front ends read ------------------------------------------------------------
+
+    /// Readiness: Redis answers PING and Docker answers within 3 s, as (redis, docker).
+    pub async fn readiness(&self) -> (bool, bool) {
+        let (redis, docker) = tokio::join!(self.store.ping(), async {
+            tokio::time::timeout(Duration::from_secs(3), self.sandbox.docker().ping()).await
+        });
+        (redis.is_ok(), matches!(docker, Ok(Ok(_))))
+    }
+
+    /// The Prometheus text of `/metrics` (the pending count is left out when Redis is away).
+    pub async fn metrics_text(&self) -> String {
+        let pending = self.store.pending_count().await.ok();
+        self.metrics
+            .render(self.sandbox.containers_in_use(), pending)
+    }
+
+    /// The calls of a session `user` owns, oldest first.
+    pub async fn list_calls(
+        &self,
+        user: &User,
+        session_id: &str,
+    ) -> Result<Vec<CallRecord>, EngineError> {
+        self.owned_session(user, session_id).await?;
+        let mut calls = self.store.list_calls(session_id).await?;
+        calls.retain(|c| c.owner == user.name);
+        Ok(calls)
+    }
+
+    /// Up to `limit` audit entries after `after`, oldest first (admins only).
+    pub async fn audit_page(
+        &self,
+        user: &User,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, AuditEntry)>, EngineError> {
+        if user.role != crate::policy::Role::Admin {
+            return Err(EngineError::Forbidden("the audit log is for admins".into()));
+        }
+        Ok(self.store.read_audit(after, limit).await?)
+    }
+
+    /// The events of a session `user` owns after `after`, as they happen: one blocking reader
+    /// of its own per subscriber (WebSocket, SSE, the agent waiting for its calls). The stream
+    /// keeps its pending read when the caller polls it from a `select!` that other branches
+    /// win, so client frames do not cost a Redis reconnect. A malformed `after` is refused now;
+    /// the stream yields an error and ends when Redis goes away (the client resumes after the
+    /// last id it saw).
+    pub async fn follow(
+        &self,
+        user: &User,
+        session_id: &str,
+        after: Option<String>,
+        block: Duration,
+    ) -> Result<EventStream, EngineError> {
+        self.owned_session(user, session_id).await?;
+        // Validates the resume point (400 rather than a dead stream).
+        self.store
+            .read_events(session_id, after.as_deref(), 1)
+            .await?;
+        Ok(follow_store(
+            self.store.clone(),
+            session_id.to_string(),
+            after,
+            block,
+        ))
+    }
+
+    /// The agent's handle on its own state: conversation history, turn lock, and appending
+    /// its events to a session. It cannot touch calls, approvals or the audit.
+    pub fn agent_store(&self) -> AgentStore {
+        AgentStore::new(self.store.clone())
+    }
+
+    /// Checks that the sandbox can serve `policy` (its runtimes exist, its images are there
+    /// and pinned) before it is put in force.
+    pub async fn admit_policy(&self, policy: &Policy) -> Result<(), String> {
+        admit_policy(&self.sandbox, policy).await
+    }
+}
+
+/// A session's events as they happen; see [`Engine::follow`].
+pub type EventStream =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<StoredEvent, EngineError>> + Send>>;
+
+fn follow_store(
+    store: Store,
+    session_id: String,
+    after: Option<String>,
+    block: Duration,
+) -> EventStream {
+    let state = (
+        store,
+        session_id,
+        after,
+        std::collections::VecDeque::new(),
+        false,
+    );
+    Box::pin(futures_util::stream::unfold(
+        state,
+        move |(store, sid, mut after, mut buf, failed)| async move {
+            if failed {
+                return None;
+            }
+            loop {
+                if let Some(e) = buf.pop_front() {
+                    let e: StoredEvent = e;
+                    after = Some(e.id.clone());
+                    return Some((Ok(e), (store, sid, after, buf, false)));
+                }
+                match store.wait_events(&sid, after.as_deref(), 100, block).await {
+                    Ok(evs) => buf.extend(evs),
+                    Err(e) => return Some((Err(e.into()), (store, sid, after, buf, true))),
+                }
+            }
+        },
+    ))
+}
+
+/// The policy's runtimes and images exist on this Docker engine (images are pinned).
+pub async fn admit_policy(sandbox: &Sandbox, policy: &Policy) -> Result<(), String> {
+    for rt in policy.runtimes() {
+        if !sandbox.has_runtime(rt) {
+            return Err(format!(
+                "{}: the policy uses the OCI runtime `{rt}`, which the Docker engine does not have (see `docker info` → Runtimes; for runsc: scripts/enable-gvisor.sh)",
+                policy.path
+            ));
+        }
+    }
+    for image in policy.images() {
+        sandbox
+            .pin_image(&image)
+            .await
+            .map_err(|e| format!("{}: image `{image}`: {e}", policy.path))?;
+    }
+    Ok(())
 }
 
 fn proposed_event(rec: &CallRecord) -> Value {

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::agent::Agent;
 use crate::api::{app, AppState};
 use crate::config::{Config, ConfigError};
-use crate::engine::{Engine, EngineError};
+use crate::engine::{admit_policy, Engine, EngineError};
 use crate::llm::LlmSetupError;
 use crate::policy::{Policy, PolicyError};
 use crate::sandbox::{Sandbox, SandboxConfig, SandboxError};
@@ -123,27 +123,6 @@ async fn claim_instance(store: &Store) -> Result<String, ServerError> {
     }
 }
 
-/// Checks that the engine can run what `policy` asks for, and pins its images: every image
-/// it names is resolved to an ID now (so a tag moved later changes nothing until the next
-/// load), and every runtime it uses is registered with the engine.
-pub async fn admit_policy(sandbox: &Sandbox, policy: &Policy) -> Result<(), String> {
-    for rt in policy.runtimes() {
-        if !sandbox.has_runtime(rt) {
-            return Err(format!(
-                "{}: the policy uses the OCI runtime `{rt}`, which the Docker engine does not have (see `docker info` → Runtimes; for runsc: scripts/enable-gvisor.sh)",
-                policy.path
-            ));
-        }
-    }
-    for image in policy.images() {
-        sandbox
-            .pin_image(&image)
-            .await
-            .map_err(|e| format!("{}: image `{image}`: {e}", policy.path))?;
-    }
-    Ok(())
-}
-
 /// Reads the policy file again and puts it in force if it is valid (its inline tests pass,
 /// its images and runtimes exist); otherwise the policy in force stays and the error is
 /// returned (and kept for [`Engine::policy_error`]). `Ok(false)`: the file is unchanged
@@ -165,7 +144,7 @@ pub async fn reload_policy(
     let text =
         String::from_utf8(bytes).map_err(|_| format!("{shown}:1:1: the file is not UTF-8"))?;
     let policy = Policy::parse(&shown, &text).map_err(|e| e.to_string())?;
-    admit_policy(&engine.sandbox, &policy).await?;
+    engine.admit_policy(&policy).await?;
     tracing::info!(
         policy = %shown,
         sha256 = %policy.sha256,

@@ -63,7 +63,7 @@ use crate::calls::{CallStatus, Decision};
 
 /// The agent's keys (conversation history, turn lock): a separate `impl Store`.
 mod history;
-pub use history::{Heartbeat, TURN_HEARTBEAT, TURN_LOCK_TTL};
+pub use history::{AgentStore, Heartbeat, TURN_HEARTBEAT, TURN_LOCK_TTL};
 
 /// Quotas and session grants, shared by every orchestrator on one Redis.
 mod quota;

@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -26,11 +27,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::calls::CallStatus;
 use crate::config::LlmConfig;
-use crate::engine::{Engine, EngineError};
+use crate::engine::{Engine, EngineError, EventStream};
 use crate::llm::{Completion, LlmClient, LlmError, LlmSettings, LlmSetupError, Usage};
 use crate::policy::User;
 use crate::store::now_ms;
-use crate::store::{CallRecord, Heartbeat, StoreError, TURN_HEARTBEAT};
+use crate::store::{AgentStore, CallRecord, Heartbeat, StoreError, TURN_HEARTBEAT};
 
 use prompt::{build_messages, render_tool_result, tool_schemas, validate_call, ToolOutcome};
 
@@ -91,6 +92,8 @@ impl TurnHandle {
 
 pub struct Agent {
     engine: Arc<Engine>,
+    /// The agent's own keys (history, turn lock) and its session events.
+    store: AgentStore,
     llm: Option<LlmClient>,
     cfg: LlmConfig,
     /// Running turns by session id.
@@ -128,6 +131,7 @@ impl Agent {
             None => None,
         };
         Ok(Arc::new(Agent {
+            store: engine.agent_store(),
             engine,
             llm,
             cfg: cfg.clone(),
@@ -175,7 +179,7 @@ impl Agent {
             return Err(AgentError::TurnRunning(h.turn_id));
         }
         let turn_id = uuid::Uuid::new_v4().to_string();
-        let store = &self.engine.store;
+        let store = &self.store;
         match store.begin_turn(session_id, &turn_id).await {
             Ok(Ok(())) => {}
             Ok(Err(holder)) => return Err(AgentError::TurnRunning(holder)),
@@ -232,7 +236,7 @@ impl Agent {
             h.stop(StopReason::Cancelled);
             return Ok(Some(h.turn_id));
         }
-        Ok(self.engine.store.request_turn_cancel(session_id).await?)
+        Ok(self.store.request_turn_cancel(session_id).await?)
     }
 
     /// Stops a local turn of a session being deleted (no ownership check: the caller did it).
@@ -244,14 +248,13 @@ impl Agent {
 
     /// The running turn's id (anywhere), for `GET /v1/sessions/{id}/messages`.
     pub async fn current_turn(&self, session_id: &str) -> Result<Option<String>, AgentError> {
-        Ok(self.engine.store.current_turn(session_id).await?)
+        Ok(self.store.current_turn(session_id).await?)
     }
 
     /// The stored conversation of a session the user owns.
     pub async fn history(&self, user: &User, session_id: &str) -> Result<Vec<Value>, AgentError> {
         self.engine.owned_session(user, session_id).await?;
         Ok(self
-            .engine
             .store
             .read_history(session_id, MAX_HISTORY_ENTRIES)
             .await?)
@@ -296,7 +299,7 @@ impl Agent {
     }
 
     async fn run_turn(self: Arc<Self>, llm: LlmClient, user: User, sid: String, h: TurnHandle) {
-        let store = self.engine.store.clone();
+        let store = self.store.clone();
         let beat_stop = CancellationToken::new();
         let beat = {
             let (store, sid, h, beat_stop) =
@@ -448,12 +451,7 @@ impl Turn<'_> {
     }
 
     async fn event(&mut self, kind: &str, data: Value) -> Result<(), TurnEnd> {
-        match self
-            .engine()
-            .store
-            .append_event(self.sid, kind, &data)
-            .await
-        {
+        match self.agent.store.append_event(self.sid, kind, &data).await {
             Ok(id) => {
                 self.after = Some(id);
                 Ok(())
@@ -463,7 +461,7 @@ impl Turn<'_> {
     }
 
     async fn remember(&self, entry: Value) -> Result<(), TurnEnd> {
-        self.engine()
+        self.agent
             .store
             .append_history(self.sid, &entry)
             .await
@@ -480,7 +478,7 @@ impl Turn<'_> {
             }
             self.steps = step;
             let history = self
-                .engine()
+                .agent
                 .store
                 .read_history(self.sid, MAX_HISTORY_ENTRIES)
                 .await
@@ -585,7 +583,7 @@ impl Turn<'_> {
         loop {
             let (tx, rx) = mpsc::unbounded_channel();
             let flusher = tokio::spawn(flush_deltas(
-                self.engine().store.clone(),
+                self.agent.store.clone(),
                 self.sid.to_string(),
                 turn_id.clone(),
                 step,
@@ -708,13 +706,16 @@ impl Turn<'_> {
     /// output. When the turn is cancelled, the call is cancelled (a pending approval is
     /// withdrawn, a running container killed) and awaited; on shutdown the wait just ends.
     async fn wait_call(&mut self, rec: CallRecord) -> Result<(CallRecord, String), TurnEnd> {
-        let store = self.engine().store.clone();
+        let engine = self.agent.engine.clone();
         let cid = rec.id.clone();
         let mut out = OutputBuf::new(self.agent.cfg.max_tool_result_bytes);
         let mut after = self.after.clone();
         let mut cancelling: Option<Instant> = None;
-        let mut first = true;
         let mut failures = 0u32;
+        let mut events: Option<EventStream> = None;
+        // A final status seen in the call's record (a backstop: the final event itself is
+        // written atomically with the status, after every output event).
+        let mut final_seen_at: Option<Instant> = None;
         loop {
             if self.h.cancel.is_cancelled() {
                 if self.h.reason() == Some(StopReason::Interrupted) {
@@ -730,67 +731,89 @@ impl Turn<'_> {
                     ));
                 }
                 // Repeated while waiting: covers a call between `approved` and `running`.
-                if let Err(e) = self.agent.engine.cancel(self.user, &cid).await {
+                if let Err(e) = engine.cancel(self.user, &cid).await {
                     tracing::debug!(call_id = %cid, error = %e, "cancel did not apply (yet)");
                 }
             }
-            let evs = if first {
-                first = false;
-                store.read_events(self.sid, after.as_deref(), 1000).await
+            let stream = match events.as_mut() {
+                Some(s) => s,
+                None => match engine
+                    .follow(self.user, self.sid, after.clone(), Duration::from_secs(10))
+                    .await
+                {
+                    Ok(s) => events.insert(s),
+                    Err(EngineError::NotFound(_)) => {
+                        return Err(TurnEnd::failed("session_gone", "the session was deleted"))
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        if failures > 60 {
+                            return Err(TurnEnd::failed(
+                                "store_unavailable",
+                                format!("the state store failed: {e}"),
+                            ));
+                        }
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                },
+            };
+            let tick = if cancelling.is_some() {
+                Duration::from_millis(200)
             } else {
-                let block = if cancelling.is_some() {
-                    Duration::from_millis(200)
-                } else {
-                    Duration::from_secs(2)
-                };
-                tokio::select! {
-                    _ = self.h.cancel.cancelled(), if cancelling.is_none() => continue,
-                    r = store.wait_events(self.sid, after.as_deref(), 1000, block) => r,
-                }
+                Duration::from_secs(2)
             };
-            let full = match evs {
-                Ok(evs) => {
+            let next = tokio::select! {
+                _ = self.h.cancel.cancelled(), if cancelling.is_none() => continue,
+                _ = tokio::time::sleep(tick) => None,
+                e = stream.next() => Some(e),
+            };
+            match next {
+                Some(Some(Ok(e))) => {
                     failures = 0;
-                    let n = evs.len();
-                    for e in evs {
-                        collect_output(&cid, &e.kind, &e.data, &mut out);
-                        after = Some(e.id);
+                    collect_output(&cid, &e.kind, &e.data, &mut out);
+                    after = Some(e.id);
+                    let ended = e.data["call_id"] == cid.as_str()
+                        && e.data["status"]
+                            .as_str()
+                            .and_then(CallStatus::parse)
+                            .is_some_and(|s| s.is_terminal());
+                    if !ended {
+                        continue;
                     }
-                    n == 1000
                 }
-                Err(e) => {
-                    failures += 1;
-                    if failures > 60 {
-                        return Err(store_failed(e));
+                Some(Some(Err(_))) | Some(None) => {
+                    // Redis went away: follow again from the last event seen.
+                    events = None;
+                    continue;
+                }
+                None => {
+                    // Quiet for a tick: look at the record (and let a cancel repeat).
+                    match engine.owned_call(self.user, &cid).await {
+                        Ok(c) if c.status.is_terminal() => {
+                            let seen = *final_seen_at.get_or_insert_with(Instant::now);
+                            if seen.elapsed() < Duration::from_secs(5) {
+                                continue;
+                            }
+                            tracing::warn!(call_id = %cid, "the call ended without its final event reaching the turn");
+                        }
+                        Err(EngineError::NotFound(_)) => {
+                            return Err(TurnEnd::failed("session_gone", "the session was deleted"))
+                        }
+                        _ => continue,
                     }
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    false
                 }
-            };
-            if full {
-                continue;
             }
-            let cur = match store.get_call(&cid).await {
-                Ok(Some(c)) => c,
-                Ok(None) => return Err(TurnEnd::failed("session_gone", "the session was deleted")),
+            let cur = match engine.owned_call(self.user, &cid).await {
+                Ok(c) if c.status.is_terminal() => c,
+                Ok(_) => continue,
+                Err(EngineError::NotFound(_)) => {
+                    return Err(TurnEnd::failed("session_gone", "the session was deleted"))
+                }
                 Err(_) => continue,
             };
-            if cur.status.is_terminal() {
-                // Every output event precedes the final one: read up to it.
-                loop {
-                    match store.read_events(self.sid, after.as_deref(), 1000).await {
-                        Ok(evs) if !evs.is_empty() => {
-                            for e in evs {
-                                collect_output(&cid, &e.kind, &e.data, &mut out);
-                                after = Some(e.id);
-                            }
-                        }
-                        _ => break,
-                    }
-                }
-                self.after = after;
-                return Ok((cur, out.text()));
-            }
+            self.after = after;
+            return Ok((cur, out.text()));
         }
     }
 
@@ -798,7 +821,7 @@ impl Turn<'_> {
     /// cancelled (not at shutdown), stops its running calls too.
     async fn cancel_open_calls(&self, running_too: bool) {
         for cid in &self.calls {
-            let Ok(Some(rec)) = self.engine().store.get_call(cid).await else {
+            let Ok(rec) = self.engine().owned_call(self.user, cid).await else {
                 continue;
             };
             let stop = match rec.status {
@@ -842,7 +865,7 @@ fn report_message(e: &LlmError, attempt: u32, streamed: bool) -> String {
 /// Writes streamed text as `assistant_delta` events, coalesced (at most one event per
 /// `DELTA_BYTES` or `DELTA_DELAY`); returns the whole text.
 async fn flush_deltas(
-    store: crate::store::Store,
+    store: AgentStore,
     sid: String,
     turn_id: String,
     step: u32,

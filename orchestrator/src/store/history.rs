@@ -97,15 +97,36 @@ static SCRIPTS: LazyLock<HistoryScripts> = LazyLock::new(|| HistoryScripts {
     request_cancel: Script::new(REQUEST_CANCEL),
 });
 
-impl Store {
+/// The agent's handle on the store: its conversation history and turn lock, and appending its
+/// own events to a session. Handed out by the engine ([`crate::engine::Engine::agent_store`]);
+/// it reaches no call, approval or audit key.
+#[derive(Clone, Debug)]
+pub struct AgentStore(Store);
+
+impl AgentStore {
+    pub(crate) fn new(store: Store) -> AgentStore {
+        AgentStore(store)
+    }
+
+    /// Appends one event to the session's stream; returns its id (`NotFound` without the
+    /// session).
+    pub async fn append_event(
+        &self,
+        session_id: &str,
+        kind: &str,
+        data: &serde_json::Value,
+    ) -> Result<String, StoreError> {
+        self.0.append_event(session_id, kind, data).await
+    }
+
     fn history_key(&self, sid: &str) -> String {
-        format!("{}:history", self.keys().session(sid))
+        history_key(&self.0, sid)
     }
     fn turn_key(&self, sid: &str) -> String {
-        format!("{}:turn", self.keys().session(sid))
+        turn_key(&self.0, sid)
     }
     fn turn_cancel_key(&self, sid: &str) -> String {
-        format!("{}:turn_cancel", self.keys().session(sid))
+        turn_cancel_key(&self.0, sid)
     }
 
     /// Appends one history entry (any JSON). `NotFound` when the session does not exist
@@ -119,11 +140,11 @@ impl Store {
             return Err(StoreError::NotFound);
         }
         let args = vec![
-            self.keys().session(session_id),
+            self.0.keys().session(session_id),
             self.history_key(session_id),
             entry.to_string(),
         ];
-        let n: Option<u64> = self.invoke(&SCRIPTS.append, &args).await?;
+        let n: Option<u64> = self.0.invoke(&SCRIPTS.append, &args).await?;
         n.ok_or(StoreError::NotFound)
     }
 
@@ -137,6 +158,7 @@ impl Store {
             return Ok(Vec::new());
         }
         let raw: Vec<String> = self
+            .0
             .query(
                 redis::cmd("LRANGE")
                     .arg(self.history_key(session_id))
@@ -163,13 +185,13 @@ impl Store {
             return Err(StoreError::NotFound);
         }
         let args = vec![
-            self.keys().session(session_id),
+            self.0.keys().session(session_id),
             self.turn_key(session_id),
             self.turn_cancel_key(session_id),
             turn_id.to_string(),
             TURN_LOCK_TTL.as_millis().to_string(),
         ];
-        let (code, holder): (i64, String) = self.invoke(&SCRIPTS.begin, &args).await?;
+        let (code, holder): (i64, String) = self.0.invoke(&SCRIPTS.begin, &args).await?;
         match code {
             1 => Ok(Ok(())),
             2 => Ok(Err(holder)),
@@ -189,7 +211,7 @@ impl Store {
             turn_id.to_string(),
             TURN_LOCK_TTL.as_millis().to_string(),
         ];
-        let code: i64 = self.invoke(&SCRIPTS.beat, &args).await?;
+        let code: i64 = self.0.invoke(&SCRIPTS.beat, &args).await?;
         Ok(match code {
             1 => Heartbeat::Held,
             2 => Heartbeat::CancelRequested,
@@ -204,7 +226,7 @@ impl Store {
             self.turn_cancel_key(session_id),
             turn_id.to_string(),
         ];
-        let _: i64 = self.invoke(&SCRIPTS.end, &args).await?;
+        let _: i64 = self.0.invoke(&SCRIPTS.end, &args).await?;
         Ok(())
     }
 
@@ -213,7 +235,8 @@ impl Store {
         if !valid_id(session_id) {
             return Ok(None);
         }
-        self.query(redis::cmd("GET").arg(self.turn_key(session_id)))
+        self.0
+            .query(redis::cmd("GET").arg(self.turn_key(session_id)))
             .await
     }
 
@@ -230,9 +253,21 @@ impl Store {
             self.turn_cancel_key(session_id),
             CANCEL_TTL.as_millis().to_string(),
         ];
-        self.invoke(&SCRIPTS.request_cancel, &args).await
+        self.0.invoke(&SCRIPTS.request_cancel, &args).await
     }
+}
 
+fn history_key(s: &Store, sid: &str) -> String {
+    format!("{}:history", s.keys().session(sid))
+}
+fn turn_key(s: &Store, sid: &str) -> String {
+    format!("{}:turn", s.keys().session(sid))
+}
+fn turn_cancel_key(s: &Store, sid: &str) -> String {
+    format!("{}:turn_cancel", s.keys().session(sid))
+}
+
+impl Store {
     /// Deletes the session's history and turn keys (with the session).
     pub async fn delete_agent_state(&self, session_id: &str) -> Result<(), StoreError> {
         if !valid_id(session_id) {
@@ -241,9 +276,9 @@ impl Store {
         let _: i64 = self
             .query(
                 redis::cmd("DEL")
-                    .arg(self.history_key(session_id))
-                    .arg(self.turn_key(session_id))
-                    .arg(self.turn_cancel_key(session_id)),
+                    .arg(history_key(self, session_id))
+                    .arg(turn_key(self, session_id))
+                    .arg(turn_cancel_key(self, session_id)),
             )
             .await?;
         Ok(())

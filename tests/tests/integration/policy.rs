@@ -301,10 +301,15 @@ async fn reload_good_bad_and_sighup_keep_the_right_policy_in_force() {
         r.json
     );
     // The audit says which version decided what.
+    let admin = srv
+        .engine
+        .policy()
+        .user(&srv.admin.name)
+        .expect("the admin")
+        .clone();
     let audit = srv
         .engine
-        .store
-        .read_audit(None, 1000)
+        .audit_page(&admin, None, 1000)
         .await
         .expect("audit");
     let of_pending: Vec<_> = audit
