@@ -1,5 +1,6 @@
-//! Airlock orchestrator: the sandbox (the only code that talks to Docker), and — as the
-//! server grows — policy, tool-call state, Redis store, agent loop and HTTP API.
+//! Airlock orchestrator. The pure core (`calls`, `limits`, `policy`) knows no Docker, Redis,
+//! HTTP or LLM types; `sandbox` is the only code that talks to Docker and `store` the only code
+//! that talks to Redis, and `engine` is the one door to both (checked by `tests/tidy.rs`).
 
 pub mod agent;
 pub mod api;
@@ -11,6 +12,7 @@ pub mod config;
 pub mod doctor;
 pub mod embedded_redis;
 pub mod engine;
+pub mod limits;
 pub mod llm;
 pub mod logging;
 pub mod metrics;

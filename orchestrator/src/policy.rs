@@ -23,7 +23,7 @@ use toml::Spanned;
 
 use crate::calls::Decision;
 use crate::config::line_col;
-use crate::sandbox::{Profile, Runtime};
+use crate::limits::{bounds, Profile, Runtime};
 
 pub use eval::{evaluate, strictness, Effective, Grant, Verdict};
 pub use file::{PolicyFile, Role, ToolName};
@@ -457,10 +457,8 @@ impl Compiler<'_> {
     fn compile(&mut self, f: &PolicyFile) -> (Vec<User>, HashMap<String, Effective>, Effective) {
         let defaults = self.layer("defaults", &f.defaults);
         let default_eff = merge(&[&defaults]);
-        if let Err(e) = default_eff.profile.validate() {
+        if let Err(e) = default_eff.profile.check() {
             let at = self.text.find("[defaults").unwrap_or(0);
-            let e = e.to_string();
-            let e = e.strip_prefix("invalid sandbox profile: ").unwrap_or(&e);
             self.error_at(at, format!("[defaults]: the limits are invalid: {e}"));
         }
         let mut groups = BTreeMap::new();
@@ -550,9 +548,7 @@ impl Compiler<'_> {
             let mut check = eff.profile.clone();
             check.uid = u.uid.max(1);
             check.gid = u.gid.max(1);
-            if let Err(e) = check.validate() {
-                let e = e.to_string();
-                let e = e.strip_prefix("invalid sandbox profile: ").unwrap_or(&e);
+            if let Err(e) = check.check() {
                 self.error(
                     &u.name,
                     format!(
@@ -724,92 +720,41 @@ impl Compiler<'_> {
             let at = c.key_offset(start, key);
             c.error_at(at, format!("limits.{key}: {msg}"));
         };
-        const MIB: u64 = 1 << 20;
-        if let Some(v) = l.memory {
-            if v.0 < 8 * MIB {
-                bad(
-                    self,
-                    "memory",
-                    format!("{} bytes is below the minimum of 8 MiB", v.0),
-                );
+        // The bounds are the sandbox's own (crate::limits), so the two can never disagree.
+        let mut check = |key: &str, r: Result<(), String>| {
+            if let Err(msg) = r {
+                bad(self, key, msg);
             }
+        };
+        if let Some(v) = l.memory {
+            check("memory", bounds::memory(v.0));
         }
         if let Some(v) = l.cpus {
-            if !(v > 0.0 && v <= 64.0) {
-                bad(
-                    self,
-                    "cpus",
-                    format!("{v} must be more than 0 and at most 64"),
-                );
-            }
+            check("cpus", bounds::cpus(v));
         }
         if let Some(v) = l.pids {
-            if !(4..=1 << 22).contains(&v) {
-                bad(
-                    self,
-                    "pids",
-                    format!("{v} must be between 4 and 4194304 (runsc needs at least 128)"),
-                );
-            }
+            check("pids", bounds::pids(v));
         }
         if let Some(v) = l.timeout_secs {
-            if !(1..=86_400).contains(&v) {
-                bad(
-                    self,
-                    "timeout_secs",
-                    format!("{v} must be between 1 and 86400"),
-                );
-            }
+            check("timeout_secs", bounds::timeout_secs(v));
         }
         if let Some(v) = l.output {
-            if v.0 < 4096 {
-                bad(
-                    self,
-                    "output",
-                    format!("{} bytes is below the minimum of 4096", v.0),
-                );
-            }
+            check("output", bounds::output(v.0));
         }
         if let Some(v) = l.tmpfs {
-            if v.0 < MIB {
-                bad(
-                    self,
-                    "tmpfs",
-                    format!("{} bytes is below the minimum of 1 MiB", v.0),
-                );
-            }
+            check("tmpfs", bounds::tmpfs(v.0));
         }
         if let Some(v) = l.file_size {
-            if v.0 < 4096 {
-                bad(
-                    self,
-                    "file_size",
-                    format!("{} bytes is below the minimum of 4096", v.0),
-                );
-            }
+            check("file_size", bounds::file_size(v.0));
         }
         if let Some(v) = l.open_files {
-            if !(16..=1 << 20).contains(&v) {
-                bad(
-                    self,
-                    "open_files",
-                    format!("{v} must be between 16 and 1048576"),
-                );
-            }
+            check("open_files", bounds::open_files(v));
         }
-        if l.concurrent_calls == Some(0) {
-            bad(
-                self,
-                "concurrent_calls",
-                "must be at least 1 (deny the tools instead to stop a user)".into(),
-            );
+        if let Some(v) = l.concurrent_calls {
+            check("concurrent_calls", bounds::per_user(v));
         }
-        if l.calls_per_minute == Some(0) {
-            bad(
-                self,
-                "calls_per_minute",
-                "must be at least 1 (deny the tools instead to stop a user)".into(),
-            );
+        if let Some(v) = l.calls_per_minute {
+            check("calls_per_minute", bounds::per_user(v));
         }
     }
 }

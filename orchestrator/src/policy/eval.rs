@@ -10,7 +10,7 @@ use globset::{GlobBuilder, GlobMatcher, GlobSet, GlobSetBuilder};
 use super::file::ToolName;
 use super::shell::{self, Segment, Word};
 use crate::calls::Decision;
-use crate::sandbox::Profile;
+use crate::limits::Profile;
 
 /// How strict a decision is: deny > ask > allow.
 pub fn strictness(d: Decision) -> u8 {

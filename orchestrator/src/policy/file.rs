@@ -13,7 +13,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use toml::Spanned;
 
 use crate::calls::Decision;
-use crate::sandbox::Runtime;
+use crate::limits::Runtime;
 
 /// An Airlock admin policy: who may use the server, what their agents' tool calls may do
 /// without asking, and the limits of the containers the calls run in. See docs/POLICY.md.

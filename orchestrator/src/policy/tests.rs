@@ -500,7 +500,7 @@ fn strict_example_asks_for_everything_under_runsc() {
     let eff = p.defaults();
     let prof = &eff.profile;
     assert_eq!(prof.runtime, Runtime::Runsc);
-    assert!(prof.pids >= crate::sandbox::profile::RUNSC_MIN_PIDS);
+    assert!(prof.pids >= crate::limits::RUNSC_MIN_PIDS);
     assert!(prof.memory_bytes <= 256 << 20);
     assert!(!eff.session_grants);
     for tool in ToolName::ALL {

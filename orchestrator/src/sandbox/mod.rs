@@ -462,7 +462,7 @@ impl Sandbox {
         spec: &CallSpec,
         view: Option<SandboxView>,
     ) -> Result<Prepared, SandboxError> {
-        profile.validate()?;
+        profile::validate(profile)?;
         if !spec.workspace.is_absolute() {
             return Err(SandboxError::InvalidWorkspace(format!(
                 "`{}` is not an absolute path",

@@ -3,14 +3,12 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use airlock_executor::protocol::{Mask, MaskKind, ProtectedPath, Protection};
 use bollard::models::{
     ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount, MountBindOptions,
     MountBindOptionsPropagationEnum, MountTmpfsOptions, MountType, ResourcesUlimits,
 };
-use serde::{Deserialize, Serialize};
 
 use super::SandboxError;
 
@@ -35,154 +33,11 @@ pub const EXECUTOR_PATH: &str = "/usr/local/bin/airlock-executor";
 /// The only environment a container gets (invariant: nothing from the host).
 pub const CONTAINER_ENV: [&str; 3] = ["PATH=/bin:/usr/bin", "HOME=/tmp", "LANG=C.UTF-8"];
 
-/// Smallest pids limit that leaves room for gVisor's Sentry threads (measured: 64 is not enough).
-pub const RUNSC_MIN_PIDS: u32 = 128;
+pub use crate::limits::{Profile, Runtime, RUNSC_MIN_PIDS};
 
-/// OCI runtime used to start sandbox containers.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Runtime {
-    /// The engine's standard runtime.
-    #[default]
-    Runc,
-    /// gVisor: a user-space kernel between the tool and the host kernel.
-    Runsc,
-}
-
-impl Runtime {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Runtime::Runc => "runc",
-            Runtime::Runsc => "runsc",
-        }
-    }
-}
-
-impl std::str::FromStr for Runtime {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "runc" => Ok(Runtime::Runc),
-            "runsc" => Ok(Runtime::Runsc),
-            other => Err(format!(
-                "unknown runtime `{other}`: expected `runc` or `runsc`"
-            )),
-        }
-    }
-}
-
-/// Resource limits and runtime for one sandbox container. Every field has a sane default;
-/// policies (#5) override them per group or user.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Profile {
-    /// Memory limit in bytes; swap is set equal so the container cannot swap.
-    pub memory_bytes: u64,
-    /// CPU quota in CPUs (0.5 = half a core).
-    pub cpus: f64,
-    /// Maximum number of processes/threads (stops fork bombs).
-    pub pids: u32,
-    /// Wall-clock deadline, counted from when the request is written.
-    pub timeout_secs: u64,
-    /// Cap on bytes the container writes to stdout+stderr; exceeding it kills the container.
-    pub output_bytes: u64,
-    /// Size of the tmpfs mounted at `/tmp`.
-    pub tmpfs_bytes: u64,
-    /// `RLIMIT_NOFILE`.
-    pub nofile: u64,
-    /// `RLIMIT_FSIZE`: the largest file a tool can write.
-    pub fsize_bytes: u64,
-    pub runtime: Runtime,
-    /// Non-root uid and gid the tool runs as (the owner of the user's workspace).
-    pub uid: u32,
-    pub gid: u32,
-    /// Executor image named by the policy (a tag or ID the sandbox has pinned with
-    /// [`Sandbox::pin_image`](super::Sandbox::pin_image)); `None` is the sandbox's own image.
-    pub image: Option<String>,
-}
-
-impl Default for Profile {
-    fn default() -> Self {
-        Profile {
-            memory_bytes: 256 * 1024 * 1024,
-            cpus: 1.0,
-            pids: 128,
-            timeout_secs: 60,
-            output_bytes: 4 * 1024 * 1024,
-            tmpfs_bytes: 64 * 1024 * 1024,
-            nofile: 256,
-            fsize_bytes: 64 * 1024 * 1024,
-            runtime: Runtime::Runc,
-            uid: 65532,
-            gid: 65532,
-            image: None,
-        }
-    }
-}
-
-impl Profile {
-    /// Rejects profiles that would weaken the sandbox or cannot start a container.
-    pub fn validate(&self) -> Result<(), SandboxError> {
-        let bad = |msg: String| Err(SandboxError::InvalidProfile(msg));
-        if self.uid == 0 || self.gid == 0 {
-            return bad("uid and gid must not be 0: sandbox containers never run as root".into());
-        }
-        if self.memory_bytes < 8 * 1024 * 1024 {
-            return bad(format!(
-                "memory_bytes = {} is below the 8 MiB minimum",
-                self.memory_bytes
-            ));
-        }
-        if !(self.cpus > 0.0 && self.cpus <= 64.0) {
-            return bad(format!("cpus = {} must be in (0, 64]", self.cpus));
-        }
-        if self.pids < 4 {
-            return bad(format!("pids = {} is below the minimum of 4", self.pids));
-        }
-        if self.runtime == Runtime::Runsc && self.pids < RUNSC_MIN_PIDS {
-            return bad(format!(
-                "pids = {} is too small for runsc: gVisor's own kernel threads count against the container's pids limit, so below {RUNSC_MIN_PIDS} the sandbox dies before the tool runs",
-                self.pids
-            ));
-        }
-        if self.timeout_secs == 0 || self.timeout_secs > 24 * 3600 {
-            return bad(format!(
-                "timeout_secs = {} must be between 1 and 86400",
-                self.timeout_secs
-            ));
-        }
-        if self.output_bytes < 4096 {
-            return bad(format!(
-                "output_bytes = {} is below the 4096 minimum",
-                self.output_bytes
-            ));
-        }
-        if self.tmpfs_bytes < 1024 * 1024 {
-            return bad(format!(
-                "tmpfs_bytes = {} is below the 1 MiB minimum",
-                self.tmpfs_bytes
-            ));
-        }
-        if self.nofile < 16 {
-            return bad(format!(
-                "nofile = {} is below the minimum of 16",
-                self.nofile
-            ));
-        }
-        if self.fsize_bytes < 4096 {
-            return bad(format!(
-                "fsize_bytes = {} is below the 4096 minimum",
-                self.fsize_bytes
-            ));
-        }
-        Ok(())
-    }
-
-    pub fn timeout(&self) -> Duration {
-        Duration::from_secs(self.timeout_secs)
-    }
+/// Refuses a profile out of bounds (the same bounds the policy compiler applies).
+pub fn validate(profile: &Profile) -> Result<(), SandboxError> {
+    profile.check().map_err(SandboxError::InvalidProfile)
 }
 
 /// What one container is for: whose workspace, in which mode, labelled how.
@@ -465,11 +320,11 @@ mod tests {
             uid: 0,
             ..Profile::default()
         };
-        assert!(p.validate().is_err());
+        assert!(validate(&p).is_err());
         p.uid = 1000;
-        assert!(p.validate().is_ok());
+        assert!(validate(&p).is_ok());
         p.cpus = 0.0;
-        assert!(p.validate().is_err());
+        assert!(validate(&p).is_err());
     }
 
     #[test]
