@@ -284,7 +284,7 @@ impl Engine {
                 )],
                 Some((
                     "call_finished",
-                    json!({"call_id": id, "status": "failed", "error": {"code": "interrupted", "message": message}}),
+                    json!({"error": {"code": "interrupted", "message": message}}),
                 )),
                 audit.as_ref(),
             )
@@ -567,14 +567,17 @@ impl Engine {
                 .approval_ttl_secs(user)
                 .unwrap_or(self.limits.approval_ttl_secs);
             rec.expires_at_ms = Some(now + ttl * 1000);
+            // One script: a call that exists always has its approval request.
             self.store
-                .create_call(&rec, ("call_proposed", proposed_event(&rec)))
-                .await?;
-            self.store
-                .append_event(
-                    session_id,
-                    "approval_required",
-                    &json!({"call_id": rec.id, "args_sha256": rec.args_sha256, "expires_at_ms": rec.expires_at_ms}),
+                .create_call_with(
+                    &rec,
+                    vec![
+                        ("call_proposed", proposed_event(&rec)),
+                        (
+                            "approval_required",
+                            json!({"args_sha256": rec.args_sha256, "expires_at_ms": rec.expires_at_ms}),
+                        ),
+                    ],
                 )
                 .await?;
             self.start_prepare(user, &policy, &rec, &call);
@@ -768,7 +771,7 @@ impl Engine {
                             call_id,
                             CallStatus::Failed,
                             &[("error", error.to_string())],
-                            Some(("call_finished", json!({"call_id": call_id, "status": "failed", "error": error}))),
+                            Some(("call_finished", json!({"error": error}))),
                             Some(&audit),
                         )
                         .await?;
@@ -826,7 +829,7 @@ impl Engine {
                             &call_id,
                             CallStatus::Failed,
                             &[("error", error.to_string())],
-                            Some(("call_finished", json!({"call_id": call_id, "status": "failed", "error": error}))),
+                            Some(("call_finished", json!({"error": error}))),
                             Some(&audit),
                         )
                         .await;
@@ -881,10 +884,7 @@ impl Engine {
                 call_id,
                 CallStatus::Cancelled,
                 &[],
-                Some((
-                    "call_cancelled",
-                    json!({"call_id": call_id, "status": "cancelled"}),
-                )),
+                Some(("call_cancelled", json!({}))),
                 Some(&audit),
             )
             .await
@@ -954,7 +954,10 @@ impl Engine {
                     &id,
                     CallStatus::Failed,
                     &[("error", json!({"code": code, "message": msg}).to_string())],
-                    Some(("call_finished", json!({"call_id": id, "status": "failed", "error": {"code": code, "message": msg}}))),
+                    Some((
+                        "call_finished",
+                        json!({"error": {"code": code, "message": msg}}),
+                    )),
                     Some(&audit),
                 )
                 .await;
@@ -974,10 +977,7 @@ impl Engine {
                 &rec.id,
                 CallStatus::Running,
                 &[],
-                Some((
-                    "call_started",
-                    json!({"call_id": rec.id, "status": "running"}),
-                )),
+                Some(("call_started", json!({}))),
                 Some(&audit),
             )
             .await?;
@@ -1121,7 +1121,7 @@ impl Engine {
                 &patch,
                 Some((
                     "call_finished",
-                    json!({"call_id": rec.id, "status": status, "result": result, "error": error, "outcome": outcome_json}),
+                    json!({"result": result, "error": error, "outcome": outcome_json}),
                 )),
                 Some(&audit),
             )
@@ -1303,13 +1303,12 @@ pub async fn admit_policy(sandbox: &Sandbox, policy: &Policy) -> Result<(), Stri
     Ok(())
 }
 
+/// `call_proposed` (the store adds `call_id` and `status`, as to every call event).
 fn proposed_event(rec: &CallRecord) -> Value {
     json!({
-        "call_id": rec.id,
         "tool": rec.tool,
         "args": rec.args,
         "args_sha256": rec.args_sha256,
-        "status": rec.status,
         "decision": rec.decision,
         "rule": rec.rule,
         "preview": rec.preview,

@@ -645,7 +645,8 @@ local function expire(id, c, detail)
 end
 "#;
 
-// ARGV: P, NOW, INSTANCE, id, session_id, owner, n, n field/value pairs, ev_kind, ev_data, audit pairs...
+// ARGV: P, NOW, INSTANCE, id, session_id, owner, n, n field/value pairs, ne, ne (kind, data)
+// pairs, audit pairs... Returns {'ok', id of the first event}.
 const CREATE_CALL: &str = r#"
 local id, sid, owner = ARGV[4], ARGV[5], ARGV[6]
 local sowner = redis.call('HGET', session_key(sid), 'owner')
@@ -665,9 +666,14 @@ if INFLIGHT[c.status] then
   redis.call('HSET', RUNNERS, id, INSTANCE)
 end
 local j = 8 + 2 * n
-local eid = redis.call('XADD', events_key(sid), '*', 'kind', ARGV[j], 'data', ARGV[j + 1])
+local ne = tonumber(ARGV[j])
+local eid = ''
+for e = 0, ne - 1 do
+  local id = redis.call('XADD', events_key(sid), '*', 'kind', ARGV[j + 1 + 2 * e], 'data', ARGV[j + 2 + 2 * e])
+  if e == 0 then eid = id end
+end
 local audit = {}
-for i = j + 2, #ARGV do audit[#audit + 1] = ARGV[i] end
+for i = j + 1 + 2 * ne, #ARGV do audit[#audit + 1] = ARGV[i] end
 redis.call('XADD', AUDIT, '*', unpack(audit))
 return {'ok', eid}
 "#;
@@ -1530,6 +1536,20 @@ impl Store {
         call: &CallRecord,
         event: (&str, serde_json::Value),
     ) -> Result<String, StoreError> {
+        self.create_call_with(call, vec![event]).await
+    }
+
+    /// [`Store::create_call`] writing several events in the same script (a call that waits
+    /// for approval: `call_proposed` then `approval_required`), each stamped with `call_id`
+    /// and `status`. Returns the first event's id.
+    pub async fn create_call_with(
+        &self,
+        call: &CallRecord,
+        events: Vec<(&str, serde_json::Value)>,
+    ) -> Result<String, StoreError> {
+        if events.is_empty() {
+            return Err(StoreError::Invalid("a new call needs an event".into()));
+        }
         if !valid_id(&call.id) || !valid_id(&call.session_id) {
             return Err(StoreError::Invalid(
                 "call and session ids must be UUIDs".into(),
@@ -1560,8 +1580,11 @@ impl Store {
             args.push(k.into());
             args.push(v);
         }
-        args.push(event.0.into());
-        args.push(stamp_event(event.1, &call.id, call.status).to_string());
+        args.push(events.len().to_string());
+        for (kind, data) in events {
+            args.push(kind.into());
+            args.push(stamp_event(data, &call.id, call.status).to_string());
+        }
         let detail = format!(
             "decision={} rule={}",
             decision_str(call.decision),

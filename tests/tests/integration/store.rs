@@ -1572,3 +1572,42 @@ async fn grants_are_stored_with_their_event_and_deleted_with_the_session() {
         .unwrap();
     assert_eq!(n, 0);
 }
+
+/// A call awaiting approval is written with both its events in one script: `call_proposed`
+/// then `approval_required`, each stamped once with the call's id and status.
+#[tokio::test]
+async fn a_new_call_and_its_approval_request_are_one_write() {
+    let server = RedisServer::start();
+    let store = open_store(&server).await;
+    let s = store.create_session("alice").await.unwrap();
+    let c = new_call(&s, CallStatus::AwaitingApproval, 60_000);
+    let first = store
+        .create_call_with(
+            &c,
+            vec![
+                ("call_proposed", json!({"tool": c.tool})),
+                ("approval_required", json!({"args_sha256": HASH})),
+            ],
+        )
+        .await
+        .unwrap();
+    let events = store.read_events(&s.id, None, 10).await.unwrap();
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[0].id, first);
+    assert_eq!(
+        (events[0].kind.as_str(), events[1].kind.as_str()),
+        ("call_proposed", "approval_required")
+    );
+    for e in &events {
+        assert_eq!(e.data["call_id"], c.id.as_str(), "{e:?}");
+        assert_eq!(e.data["status"], "awaiting_approval", "{e:?}");
+    }
+    assert_eq!(events[1].data["args_sha256"], HASH);
+    // A call with no event at all is refused before Redis is asked.
+    let other = new_call(&s, CallStatus::AwaitingApproval, 60_000);
+    assert!(matches!(
+        store.create_call_with(&other, vec![]).await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(store.get_call(&other.id).await.unwrap().is_none());
+}
