@@ -1221,10 +1221,8 @@ impl Engine {
         block: Duration,
     ) -> Result<EventStream, EngineError> {
         self.owned_session(user, session_id).await?;
-        // Validates the resume point (400 rather than a dead stream).
-        self.store
-            .read_events(session_id, after.as_deref(), 1)
-            .await?;
+        // A malformed resume point is a 400 now rather than a dead stream.
+        crate::store::checked_event_id(after.as_deref())?;
         Ok(follow_store(
             self.store.clone(),
             session_id.to_string(),

@@ -33,6 +33,8 @@ pub struct CallSlot {
     held: Arc<Mutex<HashMap<String, String>>>,
     user: String,
     token: String,
+    /// False when Redis said no place was taken (nothing to release).
+    taken: bool,
 }
 
 impl Drop for CallSlot {
@@ -41,6 +43,9 @@ impl Drop for CallSlot {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&self.token);
+        if !self.taken {
+            return;
+        }
         // The release is a Redis round trip; should it fail, the place lapses on its own.
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let (store, user, token) = (self.store.clone(), self.user.clone(), self.token.clone());
@@ -84,11 +89,12 @@ impl Quotas {
         let token = uuid::Uuid::new_v4().to_string();
         // Registered before the script runs, so a slot whose reply is lost is still renewed
         // until the drop below releases it.
-        let slot = CallSlot {
+        let mut slot = CallSlot {
             store: self.store.clone(),
             held: self.held.clone(),
             user: user.to_string(),
             token: token.clone(),
+            taken: true,
         };
         self.held
             .lock()
@@ -101,10 +107,13 @@ impl Quotas {
             .map_err(QuotaError::Store)?
         {
             Reservation::Reserved => Ok(slot),
-            Reservation::Full { running } => Err(QuotaError::Over(format!(
+            Reservation::Full { running } => {
+                slot.taken = false;
+                Err(QuotaError::Over(format!(
                 "you have {running} tool call(s) running and your policy allows {} at once; try again when one finishes",
                 limit.unwrap_or(0)
-            ))),
+            )))
+            }
         }
     }
 
@@ -118,10 +127,5 @@ impl Quotas {
             .map(|(t, u)| (u.clone(), t.clone()))
             .collect();
         self.store.renew_slots(&held).await
-    }
-
-    /// Places of `user` held now, by any orchestrator.
-    pub async fn running(&self, user: &str) -> Result<u64, StoreError> {
-        self.store.held_slots(user).await
     }
 }

@@ -365,7 +365,7 @@ pub fn parse_event_id(s: &str) -> Option<(u64, u64)> {
     Some((num(ms)?, num(seq)?))
 }
 
-fn checked_event_id(after: Option<&str>) -> Result<Option<(u64, u64)>, StoreError> {
+pub fn checked_event_id(after: Option<&str>) -> Result<Option<(u64, u64)>, StoreError> {
     match after {
         None => Ok(None),
         Some(s) => parse_event_id(s)

@@ -768,7 +768,9 @@ impl Turn<'_> {
                 _ = tokio::time::sleep(tick) => None,
                 e = stream.next() => Some(e),
             };
-            match next {
+            // Either the call's final event arrived, or a quiet tick: look at the record (a
+            // tick also lets a cancel repeat).
+            let final_event = match next {
                 Some(Some(Ok(e))) => {
                     failures = 0;
                     collect_output(&cid, &e.kind, &e.data, &mut out);
@@ -781,37 +783,31 @@ impl Turn<'_> {
                     if !ended {
                         continue;
                     }
+                    true
                 }
                 Some(Some(Err(_))) | Some(None) => {
                     // Redis went away: follow again from the last event seen.
                     events = None;
                     continue;
                 }
-                None => {
-                    // Quiet for a tick: look at the record (and let a cancel repeat).
-                    match engine.owned_call(self.user, &cid).await {
-                        Ok(c) if c.status.is_terminal() => {
-                            let seen = *final_seen_at.get_or_insert_with(Instant::now);
-                            if seen.elapsed() < Duration::from_secs(5) {
-                                continue;
-                            }
-                            tracing::warn!(call_id = %cid, "the call ended without its final event reaching the turn");
-                        }
-                        Err(EngineError::NotFound(_)) => {
-                            return Err(TurnEnd::failed("session_gone", "the session was deleted"))
-                        }
-                        _ => continue,
-                    }
-                }
-            }
+                None => false,
+            };
             let cur = match engine.owned_call(self.user, &cid).await {
                 Ok(c) if c.status.is_terminal() => c,
-                Ok(_) => continue,
                 Err(EngineError::NotFound(_)) => {
                     return Err(TurnEnd::failed("session_gone", "the session was deleted"))
                 }
-                Err(_) => continue,
+                _ => continue,
             };
+            if !final_event {
+                // The final event follows every output event and is written with the status:
+                // give it a moment to arrive before answering without it.
+                let seen = *final_seen_at.get_or_insert_with(Instant::now);
+                if seen.elapsed() < Duration::from_secs(5) {
+                    continue;
+                }
+                tracing::warn!(call_id = %cid, "the call ended without its final event reaching the turn");
+            }
             self.after = after;
             return Ok((cur, out.text()));
         }
