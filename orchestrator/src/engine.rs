@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use airlock_executor::protocol::{Event, Mode, Request, ToolCall, ToolResult};
+use airlock_executor::protocol::{Event, Mode, Request, StreamKind, ToolCall, ToolResult};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::calls::{finished_status, CallStatus, Decision};
 use crate::config::LimitsConfig;
+use crate::events::{self as ev, ErrorInfo};
 use crate::metrics::Metrics;
 use crate::policy::{Grant, Policy, User};
 use crate::quota::{CallSlot, QuotaError, Quotas};
@@ -274,22 +275,32 @@ impl Engine {
                 .to_string(),
         };
         let audit = self.audit_for_id(id, "system", "interrupted").await;
-        self.store
-            .transition(
-                id,
-                CallStatus::Failed,
-                &[(
-                    "error",
-                    json!({"code": "interrupted", "message": message}).to_string(),
-                )],
-                Some((
-                    "call_finished",
-                    json!({"error": {"code": "interrupted", "message": message}}),
-                )),
-                audit.as_ref(),
-            )
+        self.fail_call(id, ErrorInfo::new("interrupted", message), audit.as_ref())
             .await
             .is_ok()
+    }
+
+    /// Ends call `id` as `failed` with `error`: the record, its `call_finished` event and
+    /// `audit` in one script.
+    async fn fail_call(
+        &self,
+        id: &str,
+        error: ErrorInfo,
+        audit: Option<&AuditEntry>,
+    ) -> Result<CallRecord, StoreError> {
+        let patch = [("error", error.to_value().to_string())];
+        let event = ev::Event::CallFinished(ev::CallFinished {
+            call_id: id.to_string(),
+            status: CallStatus::Failed,
+            result: None,
+            error: Some(error),
+            outcome: None,
+        });
+        let (rec, _) = self
+            .store
+            .transition(id, CallStatus::Failed, &patch, Some(event), audit)
+            .await?;
+        Ok(rec)
     }
 
     async fn audit_for_id(&self, id: &str, actor: &str, action: &str) -> Option<AuditEntry> {
@@ -383,19 +394,19 @@ impl Engine {
         }
         let g = Grant::new(tool, pattern).map_err(EngineError::BadRequest)?;
         // `writable`: what the grant allows runs with the mount its approval had.
-        let shown = json!({"tool": g.tool.as_str(), "pattern": g.pattern, "writable": g.write});
+        let shown = ev::SessionGrant {
+            tool: g.tool.as_str().to_string(),
+            pattern: g.pattern.clone(),
+            writable: g.write,
+        };
         match self
             .store
-            .add_grant(
-                session_id,
-                g.tool.as_str(),
-                &g.pattern,
-                MAX_GRANTS_PER_SESSION,
-                ("session_grant", &shown),
-            )
+            .add_grant(session_id, &shown, MAX_GRANTS_PER_SESSION)
             .await?
         {
-            GrantAdded::Added | GrantAdded::Exists => Ok(shown),
+            GrantAdded::Added | GrantAdded::Exists => {
+                Ok(serde_json::to_value(&shown).expect("a grant serializes"))
+            }
             GrantAdded::Full => Err(EngineError::Conflict(format!(
                 "this session already has {MAX_GRANTS_PER_SESSION} grants"
             ))),
@@ -457,8 +468,12 @@ impl Engine {
             .await?;
         Ok(events
             .iter()
-            .filter(|e| e.kind == "output" && e.data.get("call_id") == Some(&json!(rec.id)))
-            .map(|e| json!({"stream": e.data["stream"], "data": e.data["data"]}))
+            .filter_map(|e| match e.event() {
+                Ok(ev::Event::Output(o)) if o.call_id == rec.id => {
+                    Some(json!({"stream": o.stream, "data": o.data}))
+                }
+                _ => None,
+            })
             .collect())
     }
 
@@ -535,9 +550,7 @@ impl Engine {
         if verdict.decision == Decision::Deny {
             rec.reason = Some(format!("denied by policy rule `{}`", verdict.rule));
             self.metrics.count_call(tool, "denied");
-            self.store
-                .create_call(&rec, ("call_proposed", proposed_event(&rec)))
-                .await?;
+            self.store.create_call(&rec, proposed_event(&rec)).await?;
             return Ok(rec);
         }
         if call.has_preview() {
@@ -555,9 +568,7 @@ impl Engine {
                     rec.status = CallStatus::Failed;
                     rec.error = Some(error);
                     self.metrics.count_call(tool, "failed");
-                    self.store
-                        .create_call(&rec, ("call_proposed", proposed_event(&rec)))
-                        .await?;
+                    self.store.create_call(&rec, proposed_event(&rec)).await?;
                     return Ok(rec);
                 }
             }
@@ -572,11 +583,13 @@ impl Engine {
                 .create_call_with(
                     &rec,
                     vec![
-                        ("call_proposed", proposed_event(&rec)),
-                        (
-                            "approval_required",
-                            json!({"args_sha256": rec.args_sha256, "expires_at_ms": rec.expires_at_ms}),
-                        ),
+                        proposed_event(&rec),
+                        ev::Event::ApprovalRequired(ev::ApprovalRequired {
+                            call_id: rec.id.clone(),
+                            status: rec.status,
+                            args_sha256: rec.args_sha256.clone(),
+                            expires_at_ms: now + ttl * 1000,
+                        }),
                     ],
                 )
                 .await?;
@@ -584,11 +597,7 @@ impl Engine {
             return Ok(rec);
         }
         // Allowed without asking: run now and answer with the finished call when it is quick.
-        if let Err(e) = self
-            .store
-            .create_call(&rec, ("call_proposed", proposed_event(&rec)))
-            .await
-        {
+        if let Err(e) = self.store.create_call(&rec, proposed_event(&rec)).await {
             if matches!(e, StoreError::Unavailable(_)) {
                 // Only this request knows the new id: if the call turns up, it is ours.
                 self.settle_unconfirmed(id.clone(), |_| true);
@@ -759,22 +768,16 @@ impl Engine {
                 audited.policy_sha256 = policy.sha256.clone();
                 if verdict.decision == Decision::Deny {
                     self.discard_prepared(call_id);
-                    let error = json!({
-                        "code": "policy_changed",
-                        "message": format!("the policy in force now denies this call (rule `{}`)", verdict.rule),
-                    });
+                    let error = ErrorInfo::new(
+                        "policy_changed",
+                        format!(
+                            "the policy in force now denies this call (rule `{}`)",
+                            verdict.rule
+                        ),
+                    );
                     let audit =
                         self.audit(&audited, "policy", "failed", "denied by the current policy");
-                    let (rec, _) = self
-                        .store
-                        .transition(
-                            call_id,
-                            CallStatus::Failed,
-                            &[("error", error.to_string())],
-                            Some(("call_finished", json!({"error": error}))),
-                            Some(&audit),
-                        )
-                        .await?;
+                    let rec = self.fail_call(call_id, error, Some(&audit)).await?;
                     self.metrics.count_call(&rec.tool, "denied");
                     return Ok(rec);
                 }
@@ -821,18 +824,9 @@ impl Engine {
                 };
                 if rec.status == CallStatus::Approved && is_ours(&rec) {
                     this.discard_prepared(&call_id);
-                    let error = json!({"code": "unconfirmed", "message": "Redis did not confirm the approval in time, so the call was not run; propose it again"});
+                    let error = ErrorInfo::new("unconfirmed", "Redis did not confirm the approval in time, so the call was not run; propose it again");
                     let audit = this.audit(&rec, "system", "failed", "unconfirmed");
-                    let r = this
-                        .store
-                        .transition(
-                            &call_id,
-                            CallStatus::Failed,
-                            &[("error", error.to_string())],
-                            Some(("call_finished", json!({"error": error}))),
-                            Some(&audit),
-                        )
-                        .await;
+                    let r = this.fail_call(&call_id, error, Some(&audit)).await;
                     if r.is_ok() {
                         this.metrics.count_call(&rec.tool, "failed");
                     }
@@ -884,7 +878,10 @@ impl Engine {
                 call_id,
                 CallStatus::Cancelled,
                 &[],
-                Some(("call_cancelled", json!({}))),
+                Some(ev::Event::CallCancelled(ev::CallState {
+                    call_id: call_id.to_string(),
+                    status: CallStatus::Cancelled,
+                })),
                 Some(&audit),
             )
             .await
@@ -949,17 +946,7 @@ impl Engine {
             .unwrap_or_else(|| ("internal".to_string(), e.to_string()));
             let audit = self.audit(&rec, "system", "failed", "error");
             let _ = self
-                .store
-                .transition(
-                    &id,
-                    CallStatus::Failed,
-                    &[("error", json!({"code": code, "message": msg}).to_string())],
-                    Some((
-                        "call_finished",
-                        json!({"error": {"code": code, "message": msg}}),
-                    )),
-                    Some(&audit),
-                )
+                .fail_call(&id, ErrorInfo::new(code, msg), Some(&audit))
                 .await;
             self.metrics.count_call(&rec.tool, "failed");
         }
@@ -977,7 +964,10 @@ impl Engine {
                 &rec.id,
                 CallStatus::Running,
                 &[],
-                Some(("call_started", json!({}))),
+                Some(ev::Event::CallStarted(ev::CallState {
+                    call_id: rec.id.clone(),
+                    status: CallStatus::Running,
+                })),
                 Some(&audit),
             )
             .await?;
@@ -1056,8 +1046,15 @@ impl Engine {
                         .store
                         .append_event(
                             &rec.session_id,
-                            "output",
-                            &json!({"call_id": rec.id, "stream": stream, "data": data}),
+                            &ev::Event::Output(ev::CallOutput {
+                                call_id: rec.id.clone(),
+                                stream: match stream {
+                                    StreamKind::Stdout => "stdout",
+                                    StreamKind::Stderr => "stderr",
+                                }
+                                .to_string(),
+                                data,
+                            }),
                         )
                         .await;
                 }
@@ -1065,7 +1062,7 @@ impl Engine {
                     result = Some(serde_json::to_value(r).expect("serializes"))
                 }
                 SandboxEvent::Executor(Event::Error { code, message }) => {
-                    error = Some(json!({"code": code, "message": message}))
+                    error = Some(ErrorInfo::new(code.as_str(), message))
                 }
                 SandboxEvent::Finished(o) => outcome = Some(o),
                 SandboxEvent::Executor(Event::Checked { .. } | Event::Survey { .. }) => {}
@@ -1088,26 +1085,26 @@ impl Engine {
             Some(c) if c != &json!(0)
         );
         if result.is_none() && error.is_none() {
-            error = Some(json!({"code": "sandbox_failed", "message": outcome_message(&o)}));
+            error = Some(ErrorInfo::new("sandbox_failed", outcome_message(&o)));
         }
         let status = finished_status(error.is_some() || shell_failed, o.timed_out, o.cancelled);
-        let outcome_json = json!({
-            "exit_code": o.exit_code,
-            "timed_out": o.timed_out,
-            "oom_killed": o.oom_killed,
-            "output_truncated": o.output_truncated,
-            "cancelled": o.cancelled,
-            "duration_ms": o.duration.as_millis() as u64,
-            "masks": masks,
-            "masked_directories": merged,
-            "writable": writable,
-        });
-        let mut patch = vec![("outcome", outcome_json.to_string())];
+        let outcome = ev::Outcome {
+            exit_code: o.exit_code,
+            timed_out: o.timed_out,
+            oom_killed: o.oom_killed,
+            output_truncated: o.output_truncated,
+            cancelled: o.cancelled,
+            duration_ms: o.duration.as_millis() as u64,
+            masks: masks as usize,
+            masked_directories: merged,
+            writable,
+        };
+        let mut patch = vec![("outcome", outcome.to_value().to_string())];
         if let Some(r) = &result {
             patch.push(("result", r.to_string()));
         }
         if let Some(e) = &error {
-            patch.push(("error", e.to_string()));
+            patch.push(("error", e.to_value().to_string()));
         }
         let mut audit = self.audit(rec, "system", "finished", status.as_str());
         audit.detail = Some(format!(
@@ -1119,10 +1116,13 @@ impl Engine {
                 &rec.id,
                 status,
                 &patch,
-                Some((
-                    "call_finished",
-                    json!({"result": result, "error": error, "outcome": outcome_json}),
-                )),
+                Some(ev::Event::CallFinished(ev::CallFinished {
+                    call_id: rec.id.clone(),
+                    status,
+                    result,
+                    error,
+                    outcome: Some(outcome),
+                })),
                 Some(&audit),
             )
             .await?;
@@ -1301,17 +1301,19 @@ pub async fn admit_policy(sandbox: &Sandbox, policy: &Policy) -> Result<(), Stri
     Ok(())
 }
 
-/// `call_proposed` (the store adds `call_id` and `status`, as to every call event).
-fn proposed_event(rec: &CallRecord) -> Value {
-    json!({
-        "tool": rec.tool,
-        "args": rec.args,
-        "args_sha256": rec.args_sha256,
-        "decision": rec.decision,
-        "rule": rec.rule,
-        "preview": rec.preview,
-        "error": rec.error,
-        "expires_at_ms": rec.expires_at_ms,
+/// The `call_proposed` event of a new call.
+fn proposed_event(rec: &CallRecord) -> ev::Event {
+    ev::Event::CallProposed(ev::CallProposed {
+        call_id: rec.id.clone(),
+        status: rec.status,
+        tool: rec.tool.clone(),
+        args: rec.args.clone(),
+        args_sha256: rec.args_sha256.clone(),
+        decision: rec.decision,
+        rule: rec.rule.clone(),
+        preview: rec.preview.clone(),
+        error: rec.error.clone(),
+        expires_at_ms: rec.expires_at_ms,
     })
 }
 

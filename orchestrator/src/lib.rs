@@ -1,4 +1,4 @@
-//! Airlock orchestrator. The pure core (`calls`, `limits`, `policy`) knows no Docker, Redis,
+//! Airlock orchestrator. The pure core (`calls`, `events`, `limits`, `policy`) knows no Docker, Redis,
 //! HTTP or LLM types; `sandbox` is the only code that talks to Docker and `store` the only code
 //! that talks to Redis, and `engine` is the one door to both (checked by `tests/tidy.rs`).
 
@@ -12,6 +12,7 @@ pub mod config;
 pub mod doctor;
 pub mod embedded_redis;
 pub mod engine;
+pub mod events;
 pub mod limits;
 pub mod llm;
 pub mod logging;

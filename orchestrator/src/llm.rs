@@ -24,41 +24,27 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use crate::config::LlmConfig;
 
-/// Token counts of one request (or, summed, of one turn).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Usage {
-    pub prompt_tokens: u64,
-    pub completion_tokens: u64,
-    pub total_tokens: u64,
-}
+pub use crate::events::Usage;
 
-impl Usage {
-    pub fn add(&mut self, o: &Usage) {
-        self.prompt_tokens += o.prompt_tokens;
-        self.completion_tokens += o.completion_tokens;
-        self.total_tokens += o.total_tokens;
+/// Usage from a chunk's `usage` object; `None` when it reports no token counts.
+fn usage_from_json(v: &Value) -> Option<Usage> {
+    let o = v.as_object()?;
+    let n = |k: &str| o.get(k).and_then(Value::as_u64);
+    let prompt = n("prompt_tokens").unwrap_or(0);
+    let completion = n("completion_tokens").unwrap_or(0);
+    if n("prompt_tokens").is_none() && n("completion_tokens").is_none() {
+        return None;
     }
-
-    fn from_json(v: &Value) -> Option<Usage> {
-        let o = v.as_object()?;
-        let n = |k: &str| o.get(k).and_then(Value::as_u64);
-        let prompt = n("prompt_tokens").unwrap_or(0);
-        let completion = n("completion_tokens").unwrap_or(0);
-        if n("prompt_tokens").is_none() && n("completion_tokens").is_none() {
-            return None;
-        }
-        Some(Usage {
-            prompt_tokens: prompt,
-            completion_tokens: completion,
-            total_tokens: n("total_tokens").unwrap_or(prompt + completion),
-        })
-    }
+    Some(Usage {
+        prompt_tokens: prompt,
+        completion_tokens: completion,
+        total_tokens: n("total_tokens").unwrap_or(prompt + completion),
+    })
 }
 
 /// One tool call as the model made it: `arguments` is the raw text (not yet parsed).
@@ -654,7 +640,7 @@ impl Accumulator {
                 clip(&chunk.to_string())
             )));
         }
-        if let Some(u) = chunk.get("usage").and_then(Usage::from_json) {
+        if let Some(u) = chunk.get("usage").and_then(usage_from_json) {
             self.usage = Some(u);
         }
         let Some(choices) = chunk.get("choices").and_then(Value::as_array) else {

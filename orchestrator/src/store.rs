@@ -34,14 +34,13 @@
 //! names from the prefix and ids at run time, so the schema targets a single Redis (or a
 //! Sentinel-managed primary), not Redis Cluster.
 //!
-//! # Events written by the store
+//! # Events
 //!
-//! Events passed to [`Store::create_call`] and [`Store::transition`] get two fields added to
-//! their `data` (when `data` is a JSON object; any other value is wrapped as
-//! `{"call_id", "status", "data": value}`): `call_id` and `status` (the call's new status).
-//! [`Store::decide`] and [`Store::expire_due`] write their own events, of kind
-//! [`kinds::APPROVED`], [`kinds::DENIED`] or [`kinds::EXPIRED`], with data
-//! `{"call_id", "status", "decided_by"?, "reason"?}`.
+//! The session stream holds [`crate::events::Event`]s as a kind and a JSON object. An event
+//! about a call names the call and the status it moved it to; [`Store::create_call`] and
+//! [`Store::transition`] refuse one that names another call or status. [`Store::decide`] and
+//! [`Store::expire_due`] write their own `approved`, `denied` and `expired` events in Lua, with
+//! the data of [`crate::events::CallDecided`].
 //!
 //! # Connections
 //!
@@ -60,6 +59,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
 use crate::calls::{CallStatus, Decision};
+use crate::events::{Event, EventError};
 
 /// The agent's keys (conversation history, turn lock): a separate `impl Store`.
 mod history;
@@ -74,18 +74,6 @@ pub const DEFAULT_PREFIX: &str = "airlock:";
 
 /// The instance name a [`Store`] acts for unless told otherwise (the config's default).
 pub const DEFAULT_INSTANCE: &str = "default";
-
-/// Kinds of the events the store itself writes.
-pub mod kinds {
-    /// The owner approved a call awaiting approval.
-    pub const APPROVED: &str = "approved";
-    /// The owner denied a call awaiting approval.
-    pub const DENIED: &str = "denied";
-    /// A call's approval window passed.
-    pub const EXPIRED: &str = "expired";
-    /// A call was marked failed by [`super::Store::fail_interrupted`].
-    pub const FAILED: &str = "failed";
-}
 
 /// Errors of the store. `Unavailable` means Redis could not be reached or did not answer in
 /// time (the API answers 503); `InvalidEventId` is a client's malformed `after` (400).
@@ -177,6 +165,13 @@ pub struct StoredEvent {
     pub id: String,
     pub kind: String,
     pub data: serde_json::Value,
+}
+
+impl StoredEvent {
+    /// The typed event (an error for a kind this build does not know).
+    pub fn event(&self) -> Result<Event, EventError> {
+        Event::from_parts(&self.kind, &self.data)
+    }
 }
 
 /// One entry of the audit stream. Never file contents or tokens: ids, hashes, names, outcomes.
@@ -522,15 +517,14 @@ fn pairs(flat: &[String]) -> HashMap<String, String> {
         .collect()
 }
 
-/// Adds `call_id` and `status` to an event's data (see the module docs).
-fn stamp_event(data: serde_json::Value, call_id: &str, status: CallStatus) -> serde_json::Value {
-    match data {
-        serde_json::Value::Object(mut m) => {
-            m.insert("call_id".into(), call_id.into());
-            m.insert("status".into(), status.as_str().into());
-            serde_json::Value::Object(m)
-        }
-        other => serde_json::json!({"call_id": call_id, "status": status.as_str(), "data": other}),
+/// `Invalid` unless `event` is about call `id` and moves it to `status`.
+fn check_call_event(event: &Event, id: &str, status: CallStatus) -> Result<(), StoreError> {
+    match event.call() {
+        Some((c, Some(s))) if c == id && s == status => Ok(()),
+        _ => Err(StoreError::Invalid(format!(
+            "a `{}` event cannot record call {id} moving to `{status}`",
+            event.kind()
+        ))),
     }
 }
 
@@ -1282,12 +1276,12 @@ impl Store {
     pub async fn append_event(
         &self,
         session_id: &str,
-        kind: &str,
-        data: &serde_json::Value,
+        event: &Event,
     ) -> Result<String, StoreError> {
         if !valid_id(session_id) {
             return Err(StoreError::NotFound);
         }
+        let (kind, data) = event.to_parts();
         let mut args = self.base_args();
         args.extend([session_id.into(), kind.into(), data.to_string()]);
         let id: Option<String> = self.invoke(&SCRIPTS.append_event, &args).await?;
@@ -1531,24 +1525,23 @@ impl Store {
     /// The status must be `proposed` or one of its successors; `awaiting_approval` requires
     /// `expires_at_ms` (no approval without expiry). `NotFound` without the session, `Invalid`
     /// when the call's owner is not the session's, `Conflict` when the call id exists.
-    pub async fn create_call(
-        &self,
-        call: &CallRecord,
-        event: (&str, serde_json::Value),
-    ) -> Result<String, StoreError> {
+    pub async fn create_call(&self, call: &CallRecord, event: Event) -> Result<String, StoreError> {
         self.create_call_with(call, vec![event]).await
     }
 
     /// [`Store::create_call`] writing several events in the same script (a call that waits
-    /// for approval: `call_proposed` then `approval_required`), each stamped with `call_id`
-    /// and `status`. Returns the first event's id.
+    /// for approval: `call_proposed` then `approval_required`), each about this call and its
+    /// status. Returns the first event's id.
     pub async fn create_call_with(
         &self,
         call: &CallRecord,
-        events: Vec<(&str, serde_json::Value)>,
+        events: Vec<Event>,
     ) -> Result<String, StoreError> {
         if events.is_empty() {
             return Err(StoreError::Invalid("a new call needs an event".into()));
+        }
+        for e in &events {
+            check_call_event(e, &call.id, call.status)?;
         }
         if !valid_id(&call.id) || !valid_id(&call.session_id) {
             return Err(StoreError::Invalid(
@@ -1581,9 +1574,10 @@ impl Store {
             args.push(v);
         }
         args.push(events.len().to_string());
-        for (kind, data) in events {
+        for e in &events {
+            let (kind, data) = e.to_parts();
             args.push(kind.into());
-            args.push(stamp_event(data, &call.id, call.status).to_string());
+            args.push(data.to_string());
         }
         let detail = format!(
             "decision={} rule={}",
@@ -1617,8 +1611,8 @@ impl Store {
 
     /// Moves a call to `to` if its current status is one of `CallStatus::predecessors(to)`,
     /// else `Conflict { current }` and nothing changes. In the same script: sets `status`,
-    /// `updated_at_ms` and the `patch` fields, appends `event` (data stamped with `call_id` and
-    /// `status`) and `audit`, keeps the approval key / pending index / running set in step.
+    /// `updated_at_ms` and the `patch` fields, appends `event` (which must be about this call
+    /// moving to `to`) and `audit`, keeps the approval key / pending index / running set in step.
     ///
     /// Patchable fields: `preview`, `result`, `error`, `outcome` (JSON text),
     /// `expires_at_ms`, `decided_at_ms` (decimal), `expected_sha256`, `decided_by`, `reason`.
@@ -1628,11 +1622,14 @@ impl Store {
         call_id: &str,
         to: CallStatus,
         patch: &[(&str, String)],
-        event: Option<(&str, serde_json::Value)>,
+        event: Option<Event>,
         audit: Option<&AuditEntry>,
     ) -> Result<(CallRecord, Option<String>), StoreError> {
         if !valid_id(call_id) {
             return Err(StoreError::NotFound);
+        }
+        if let Some(e) = &event {
+            check_call_event(e, call_id, to)?;
         }
         check_patch(patch)?;
         let allowed: Vec<&str> = CallStatus::predecessors(to)
@@ -1651,12 +1648,10 @@ impl Store {
             args.push(v.clone());
         }
         match event {
-            Some((kind, data)) => {
-                if kind.is_empty() {
-                    return Err(StoreError::Invalid("empty event kind".into()));
-                }
+            Some(e) => {
+                let (kind, data) = e.to_parts();
                 args.push(kind.into());
-                args.push(stamp_event(data, call_id, to).to_string());
+                args.push(data.to_string());
             }
             None => {
                 args.push(String::new());
@@ -1891,34 +1886,6 @@ impl Store {
             .await?;
         Ok(n == 1)
     }
-
-    /// Marks an `approved` or `running` call `failed` with `reason` (e.g. "the orchestrator
-    /// restarted while the call ran"): event [`kinds::FAILED`], audit `failed` by `system`.
-    pub async fn fail_interrupted(
-        &self,
-        call_id: &str,
-        reason: &str,
-    ) -> Result<CallRecord, StoreError> {
-        let call = self.get_call(call_id).await?.ok_or(StoreError::NotFound)?;
-        let error = serde_json::json!({"code": "interrupted", "message": reason});
-        let audit = AuditEntry::for_call(
-            &call,
-            "system",
-            "failed",
-            "interrupted",
-            Some(reason.into()),
-        );
-        let (rec, _) = self
-            .transition(
-                call_id,
-                CallStatus::Failed,
-                &[("error", error.to_string()), ("reason", reason.into())],
-                Some((kinds::FAILED, serde_json::json!({"error": error}))),
-                Some(&audit),
-            )
-            .await?;
-        Ok(rec)
-    }
 }
 
 fn status_of(s: Option<&String>) -> Result<CallStatus, StoreError> {
@@ -2143,21 +2110,15 @@ mod tests {
     }
 
     #[test]
-    fn events_are_stamped_with_call_and_status() {
-        let d = stamp_event(
-            json!({"preview": 1, "status": "lie"}),
-            "c",
-            CallStatus::Running,
-        );
-        assert_eq!(
-            d,
-            json!({"preview": 1, "call_id": "c", "status": "running"})
-        );
-        let d = stamp_event(json!("text"), "c", CallStatus::Denied);
-        assert_eq!(
-            d,
-            json!({"call_id": "c", "status": "denied", "data": "text"})
-        );
+    fn call_events_must_name_the_call_and_its_new_status() {
+        use crate::events::CallState;
+        let e = Event::CallStarted(CallState {
+            call_id: "c".into(),
+            status: CallStatus::Running,
+        });
+        assert_eq!(check_call_event(&e, "c", CallStatus::Running), Ok(()));
+        assert!(check_call_event(&e, "d", CallStatus::Running).is_err());
+        assert!(check_call_event(&e, "c", CallStatus::Failed).is_err());
     }
 
     #[test]

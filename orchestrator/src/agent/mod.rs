@@ -28,6 +28,7 @@ use tokio_util::task::TaskTracker;
 use crate::calls::CallStatus;
 use crate::config::LlmConfig;
 use crate::engine::{Engine, EngineError, EventStream};
+use crate::events::{self as ev, Event};
 use crate::llm::{Completion, LlmClient, LlmError, LlmSettings, LlmSetupError, Usage};
 use crate::policy::User;
 use crate::store::now_ms;
@@ -206,8 +207,10 @@ impl Agent {
             store
                 .append_event(
                     session_id,
-                    "user_message",
-                    &json!({"turn_id": turn_id, "content": content}),
+                    &Event::UserMessage(ev::UserMessage {
+                        turn_id: turn_id.clone(),
+                        content: content.to_string(),
+                    }),
                 )
                 .await
         }
@@ -367,9 +370,13 @@ impl Agent {
         let _ = store
             .append_event(
                 &sid,
-                "turn_finished",
-                &json!({"turn_id": h.turn_id, "status": end.status, "steps": turn.steps,
-                        "usage": usage, "error": end.error}),
+                &Event::TurnFinished(ev::TurnFinished {
+                    turn_id: h.turn_id.clone(),
+                    status: end.status.to_string(),
+                    steps: turn.steps,
+                    usage,
+                    error: end.error,
+                }),
             )
             .await;
     }
@@ -450,8 +457,8 @@ impl Turn<'_> {
         &self.agent.engine
     }
 
-    async fn event(&mut self, kind: &str, data: Value) -> Result<(), TurnEnd> {
-        match self.agent.store.append_event(self.sid, kind, &data).await {
+    async fn event(&mut self, event: Event) -> Result<(), TurnEnd> {
+        match self.agent.store.append_event(self.sid, &event).await {
             Ok(id) => {
                 self.after = Some(id);
                 Ok(())
@@ -525,12 +532,22 @@ impl Turn<'_> {
                 "step": step, "message": message, "usage": c.usage, "finish_reason": c.finish_reason,
                 "raw_arguments": if raw.is_empty() { Value::Null } else { Value::Object(raw) }}))
                 .await?;
-            self.event(
-                "assistant_message",
-                json!({"turn_id": turn_id, "step": step, "content": c.content,
-                       "tool_calls": c.tool_calls.iter().map(|t| json!({"id": t.id, "name": t.name, "arguments": t.arguments})).collect::<Vec<_>>(),
-                       "finish_reason": c.finish_reason, "usage": c.usage}),
-            )
+            self.event(Event::AssistantMessage(ev::AssistantMessage {
+                turn_id: turn_id.clone(),
+                step,
+                content: c.content.clone(),
+                tool_calls: c
+                    .tool_calls
+                    .iter()
+                    .map(|t| ev::ModelToolCall {
+                        id: t.id.clone(),
+                        name: t.name.clone(),
+                        arguments: t.arguments.clone(),
+                    })
+                    .collect(),
+                finish_reason: c.finish_reason.clone(),
+                usage: c.usage,
+            }))
             .await?;
             if c.tool_calls.is_empty() {
                 return Ok(TurnEnd::with("completed"));
@@ -549,11 +566,15 @@ impl Turn<'_> {
                     "message": {"role": "tool", "tool_call_id": tc.id, "content": content}}),
                 )
                 .await?;
-                self.event(
-                    "tool_result",
-                    json!({"turn_id": turn_id, "step": step, "tool_call_id": tc.id, "tool": tc.name,
-                           "call_id": call_id, "status": status, "error": error}),
-                )
+                self.event(Event::ToolResult(ev::ToolResult {
+                    turn_id: turn_id.clone(),
+                    step,
+                    tool_call_id: tc.id.clone(),
+                    tool: tc.name.clone(),
+                    call_id,
+                    status,
+                    error,
+                }))
                 .await?;
             }
         }
@@ -564,10 +585,14 @@ impl Turn<'_> {
             "the turn reached its limit of {max_steps} model requests (llm.max_steps); send another message to continue"
         );
         let turn_id = self.h.turn_id.clone();
-        self.event(
-            "agent_error",
-            json!({"turn_id": turn_id, "step": self.steps, "code": "max_steps", "message": message}),
-        )
+        self.event(Event::AgentError(ev::AgentError {
+            turn_id,
+            step: self.steps,
+            code: "max_steps".into(),
+            message: message.clone(),
+            attempts: None,
+            streamed: None,
+        }))
         .await?;
         Ok(TurnEnd {
             status: "max_steps",
@@ -620,11 +645,14 @@ impl Turn<'_> {
                     };
                     if let Some(d) = delay {
                         attempt += 1;
-                        self.event(
-                            "agent_retry",
-                            json!({"turn_id": turn_id, "step": step, "attempt": attempt,
-                                   "delay_ms": d.as_millis() as u64, "code": e.code(), "message": e.to_string()}),
-                        )
+                        self.event(Event::AgentRetry(ev::AgentRetry {
+                            turn_id: turn_id.clone(),
+                            step,
+                            attempt,
+                            delay_ms: d.as_millis() as u64,
+                            code: e.code().to_string(),
+                            message: e.to_string(),
+                        }))
                         .await?;
                         tokio::select! {
                             _ = self.h.cancel.cancelled() => return Err(TurnEnd::with("cancelled")),
@@ -636,11 +664,14 @@ impl Turn<'_> {
                         let _ = self.remember(partial).await;
                     }
                     let message = report_message(&e, attempt, streamed);
-                    self.event(
-                        "agent_error",
-                        json!({"turn_id": turn_id, "step": step, "code": e.code(), "message": message,
-                               "attempts": attempt + 1, "streamed": streamed}),
-                    )
+                    self.event(Event::AgentError(ev::AgentError {
+                        turn_id: turn_id.clone(),
+                        step,
+                        code: e.code().to_string(),
+                        message: message.clone(),
+                        attempts: Some(attempt + 1),
+                        streamed: Some(streamed),
+                    }))
                     .await?;
                     return Err(TurnEnd::failed(e.code(), message));
                 }
@@ -681,10 +712,14 @@ impl Turn<'_> {
                 let message = format!("a tool call could not be proposed: {e}");
                 let turn_id = self.h.turn_id.clone();
                 let _ = self
-                    .event(
-                        "agent_error",
-                        json!({"turn_id": turn_id, "step": self.steps, "code": "tool_unavailable", "message": message}),
-                    )
+                    .event(Event::AgentError(ev::AgentError {
+                        turn_id,
+                        step: self.steps,
+                        code: "tool_unavailable".into(),
+                        message: message.clone(),
+                        attempts: None,
+                        streamed: None,
+                    }))
                     .await;
                 return Err(TurnEnd::failed("tool_unavailable", message));
             }
@@ -773,13 +808,17 @@ impl Turn<'_> {
             let final_event = match next {
                 Some(Some(Ok(e))) => {
                     failures = 0;
-                    collect_output(&cid, &e.kind, &e.data, &mut out);
+                    let typed = e.event();
                     after = Some(e.id);
-                    let ended = e.data["call_id"] == cid.as_str()
-                        && e.data["status"]
-                            .as_str()
-                            .and_then(CallStatus::parse)
-                            .is_some_and(|s| s.is_terminal());
+                    let ended = match typed {
+                        Ok(Event::Output(o)) if o.call_id == cid => {
+                            out.push(&o.data);
+                            false
+                        }
+                        Ok(e) => e.ends_call(&cid),
+                        // A kind this build does not know is not about the call.
+                        Err(_) => false,
+                    };
                     if !ended {
                         continue;
                     }
@@ -832,14 +871,6 @@ impl Turn<'_> {
     }
 }
 
-fn collect_output(cid: &str, kind: &str, data: &Value, out: &mut OutputBuf) {
-    if kind == "output" && data["call_id"] == cid {
-        if let Some(d) = data["data"].as_str() {
-            out.push(d);
-        }
-    }
-}
-
 fn store_failed(e: StoreError) -> TurnEnd {
     match e {
         StoreError::NotFound => TurnEnd::failed("session_gone", "the session was deleted"),
@@ -879,8 +910,11 @@ async fn flush_deltas(
                 let _ = store
                     .append_event(
                         &sid,
-                        "assistant_delta",
-                        &json!({"turn_id": turn_id, "step": step, "text": text}),
+                        &Event::AssistantDelta(ev::AssistantDelta {
+                            turn_id: turn_id.clone(),
+                            step,
+                            text: text.clone(),
+                        }),
                     )
                     .await;
             }

@@ -23,6 +23,8 @@ use tokio_tungstenite::tungstenite::{self, Message};
 
 use super::render::{self, neutralize, one_line, truncate, Style};
 use super::{checked_id, ChatArgs, Client, ClientError};
+use crate::calls::CallStatus;
+use crate::events::{self as ev, Event};
 
 /// What the event-stream task tells the main loop.
 #[derive(Debug)]
@@ -460,153 +462,51 @@ impl Chat {
         None
     }
 
-    fn on_event(&mut self, ev: &Value) {
-        let s = self.style;
-        let d = &ev["data"];
-        let str_of = |k: &str| d[k].as_str().unwrap_or_default().to_string();
-        let call_id = str_of("call_id");
-        match ev["type"].as_str().unwrap_or_default() {
-            "user_message" => {
-                self.end_text();
-                let content = str_of("content");
-                if self.own_message.as_deref() == Some(content.as_str()) {
-                    self.own_message = None;
-                } else {
-                    let mut body = String::new();
-                    for (i, l) in neutralize(&content).lines().enumerate() {
-                        let lead = if i == 0 { "you> " } else { "     " };
-                        body += &format!("{}{l}\n", s.bold(lead));
-                    }
-                    self.block(&body);
-                }
-                self.running_turn = Some(str_of("turn_id"));
-            }
-            "assistant_delta" => {
-                let key = (str_of("turn_id"), d["step"].as_u64().unwrap_or(0));
-                if self.text_open.as_ref() != Some(&key) {
-                    self.end_text();
-                    self.block("");
-                    let lead = s.cyan("agent> ");
-                    self.write(&lead);
-                    self.at_line_start = false;
-                    self.text_open = Some(key);
-                }
-                self.clear_transient();
-                let text = neutralize(d["text"].as_str().unwrap_or_default());
-                self.write(&text);
-                self.at_line_start = text.ends_with('\n');
-            }
-            "assistant_message" => {
-                let key = (str_of("turn_id"), d["step"].as_u64().unwrap_or(0));
+    fn on_event(&mut self, raw: &Value) {
+        let d = &raw["data"];
+        // A kind this build does not know (a newer server) is skipped.
+        let Ok(ev) = Event::from_parts(raw["type"].as_str().unwrap_or_default(), d) else {
+            return;
+        };
+        match ev {
+            Event::UserMessage(m) => self.on_user_message(m),
+            Event::AssistantDelta(m) => self.on_delta(m),
+            Event::AssistantMessage(m) => {
+                let key = (m.turn_id, m.step as u64);
                 if self.text_open.as_ref() == Some(&key) {
                     self.end_text();
-                } else {
-                    let content = str_of("content");
-                    if !content.is_empty() {
-                        self.end_text();
-                        self.block(&format!("{}{}\n", s.cyan("agent> "), neutralize(&content)));
-                    }
+                } else if !m.content.is_empty() {
+                    self.end_text();
+                    let lead = self.style.cyan("agent> ");
+                    self.block(&format!("{lead}{}\n", neutralize(&m.content)));
                 }
             }
-            "call_proposed" => {
+            Event::CallProposed(c) => self.on_proposed(c, d),
+            Event::ApprovalRequired(a) => {
+                if let Some(c) = self.calls.get_mut(&a.call_id) {
+                    c.sha = a.args_sha256;
+                    c.expires_at_ms = Some(a.expires_at_ms);
+                    c.status = a.status.as_str().into();
+                }
+                if !self.pending.contains(&a.call_id) {
+                    self.pending.push_back(a.call_id);
+                }
+            }
+            Event::Approved(x) | Event::Denied(x) | Event::Expired(x) => self.on_decided(x),
+            Event::CallStarted(c) => {
                 self.end_text();
-                let status = str_of("status");
-                self.calls.insert(
-                    call_id.clone(),
-                    CallInfo {
-                        tool: str_of("tool"),
-                        args: d["args"].clone(),
-                        sha: str_of("args_sha256"),
-                        status: status.clone(),
-                        expires_at_ms: d["expires_at_ms"].as_u64(),
-                        started: None,
-                        partial: HashMap::new(),
-                    },
-                );
-                let mut out = render::call(s, d);
-                match status.as_str() {
-                    "denied" => {
-                        out += &format!(
-                            "  {} {}\n",
-                            s.red("✗ denied by policy"),
-                            s.dim(&format!("({}); it did not run", one_line(&str_of("rule"))))
-                        );
-                    }
-                    "failed" => {
-                        out += &format!(
-                            "  {} {}\n",
-                            s.red("✗ failed:"),
-                            one_line(&format!(
-                                "{}: {}",
-                                d["error"]["code"].as_str().unwrap_or("error"),
-                                d["error"]["message"].as_str().unwrap_or_default()
-                            ))
-                        );
-                    }
-                    _ => {}
-                }
-                self.block(&out);
-            }
-            "approval_required" => {
-                if let Some(c) = self.calls.get_mut(&call_id) {
-                    c.sha = str_of("args_sha256");
-                    c.expires_at_ms = d["expires_at_ms"].as_u64().or(c.expires_at_ms);
-                    c.status = "awaiting_approval".into();
-                }
-                if !self.pending.contains(&call_id) {
-                    self.pending.push_back(call_id);
-                }
-            }
-            kind @ ("approved" | "denied" | "expired") => {
-                self.forget_pending(&call_id);
-                if let Some(c) = self.calls.get_mut(&call_id) {
-                    c.status = kind.into();
-                }
-                let (mark, word) = render::status_mark(s, kind);
-                let mut line = format!("  {mark} {word}");
-                if let Some(by) = d["decided_by"].as_str() {
-                    line += &s.dim(&format!(" by {}", one_line(by)));
-                }
-                if let Some(r) = d["reason"].as_str().filter(|r| !r.is_empty()) {
-                    line += &format!(" — reason: {}", one_line(r));
-                }
-                if kind == "expired" {
-                    line += &s.dim(" — nobody decided in time; the call did not run");
-                }
-                self.block(&format!("{line}\n"));
-            }
-            "call_started" => {
-                self.end_text();
-                if let Some(c) = self.calls.get_mut(&call_id) {
+                if let Some(c) = self.calls.get_mut(&c.call_id) {
                     c.status = "running".into();
                     c.started = Some(Instant::now());
                 }
             }
-            "output" => {
+            Event::Output(o) => self.on_output(o),
+            Event::CallFinished(f) => {
                 self.end_text();
-                let stream = str_of("stream");
-                let data = str_of("data");
-                let lines = match self.calls.get_mut(&call_id) {
+                self.forget_pending(&f.call_id);
+                let rest: Vec<(String, String)> = match self.calls.get_mut(&f.call_id) {
                     Some(c) => {
-                        let buf = c.partial.entry(stream.clone()).or_default();
-                        buf.push_str(&data);
-                        let mut done = Vec::new();
-                        while let Some(i) = buf.find('\n') {
-                            done.push(buf[..i].to_string());
-                            buf.drain(..=i);
-                        }
-                        done
-                    }
-                    None => data.lines().map(str::to_string).collect(),
-                };
-                self.output_lines(&stream, &lines);
-            }
-            "call_finished" => {
-                self.end_text();
-                self.forget_pending(&call_id);
-                let rest: Vec<(String, String)> = match self.calls.get_mut(&call_id) {
-                    Some(c) => {
-                        c.status = str_of("status");
+                        c.status = f.status.as_str().into();
                         c.partial.drain().filter(|(_, b)| !b.is_empty()).collect()
                     }
                     None => Vec::new(),
@@ -614,111 +514,213 @@ impl Chat {
                 for (stream, line) in rest {
                     self.output_lines(&stream, &[line]);
                 }
-                let out = render::finished(s, d);
+                let out = render::finished(self.style, d);
                 self.block(&out);
             }
-            "call_cancelled" => {
-                self.forget_pending(&call_id);
-                if let Some(c) = self.calls.get_mut(&call_id) {
+            Event::CallCancelled(c) => {
+                self.forget_pending(&c.call_id);
+                if let Some(c) = self.calls.get_mut(&c.call_id) {
                     c.status = "cancelled".into();
                 }
-                let (mark, word) = render::status_mark(s, "cancelled");
+                let (mark, word) = render::status_mark(self.style, "cancelled");
                 self.block(&format!("  {mark} {word}\n"));
             }
-            "tool_result" => {
-                let status = str_of("status");
-                if status == "rejected" || status == "not_run" {
-                    self.end_text();
-                    self.block(&format!(
-                        "{}\n",
-                        s.yellow(&format!(
-                            "the model's {} call was {}{}",
-                            one_line(&str_of("tool")),
-                            if status == "rejected" {
-                                "rejected"
-                            } else {
-                                "not run"
-                            },
-                            d["error"]["message"]
-                                .as_str()
-                                .map(|m| format!(": {}", one_line(m)))
-                                .unwrap_or_default()
-                        ))
-                    ));
-                }
+            Event::ToolResult(t) => self.on_tool_result(t),
+            Event::SessionGrant(g) => {
+                let line = format!(
+                    "allowed for the rest of this session: {} {}{}",
+                    one_line(&g.tool),
+                    one_line(&g.pattern),
+                    if g.writable {
+                        " (runs with a writable workspace, as approved)"
+                    } else {
+                        ""
+                    }
+                );
+                self.block(&format!("{}\n", self.style.blue(&line)));
             }
-            "session_grant" => {
-                self.block(&format!(
-                    "{}\n",
-                    s.blue(&format!(
-                        "allowed for the rest of this session: {} {}{}",
-                        one_line(&str_of("tool")),
-                        one_line(&str_of("pattern")),
-                        if d["writable"] == serde_json::Value::Bool(true) {
-                            " (runs with a writable workspace, as approved)"
-                        } else {
-                            ""
-                        }
-                    ))
-                ));
-            }
-            "agent_retry" => {
+            Event::AgentRetry(r) => {
                 self.end_text();
-                self.block(&format!(
-                    "{}\n",
-                    s.dim(&format!(
-                        "the model request failed ({}); retrying in {:.1} s (attempt {})",
-                        one_line(&str_of("code")),
-                        d["delay_ms"].as_u64().unwrap_or(0) as f64 / 1000.0,
-                        d["attempt"]
-                    ))
-                ));
+                let line = format!(
+                    "the model request failed ({}); retrying in {:.1} s (attempt {})",
+                    one_line(&r.code),
+                    r.delay_ms as f64 / 1000.0,
+                    r.attempt
+                );
+                self.block(&format!("{}\n", self.style.dim(&line)));
             }
-            "agent_error" => {
+            Event::AgentError(e) => {
                 self.end_text();
-                self.block(&format!(
-                    "{}\n",
-                    s.red(&format!(
-                        "agent error {}: {}",
-                        one_line(&str_of("code")),
-                        one_line(&str_of("message"))
+                let line = format!(
+                    "agent error {}: {}",
+                    one_line(&e.code),
+                    one_line(&e.message)
+                );
+                self.block(&format!("{}\n", self.style.red(&line)));
+            }
+            Event::TurnFinished(t) => self.on_turn_finished(t),
+        }
+    }
+
+    fn on_user_message(&mut self, m: ev::UserMessage) {
+        let s = self.style;
+        self.end_text();
+        if self.own_message.as_deref() == Some(m.content.as_str()) {
+            self.own_message = None;
+        } else {
+            let mut body = String::new();
+            for (i, l) in neutralize(&m.content).lines().enumerate() {
+                let lead = if i == 0 { "you> " } else { "     " };
+                body += &format!("{}{l}\n", s.bold(lead));
+            }
+            self.block(&body);
+        }
+        self.running_turn = Some(m.turn_id);
+    }
+
+    fn on_delta(&mut self, m: ev::AssistantDelta) {
+        let key = (m.turn_id, m.step as u64);
+        if self.text_open.as_ref() != Some(&key) {
+            self.end_text();
+            self.block("");
+            let lead = self.style.cyan("agent> ");
+            self.write(&lead);
+            self.at_line_start = false;
+            self.text_open = Some(key);
+        }
+        self.clear_transient();
+        let text = neutralize(&m.text);
+        self.write(&text);
+        self.at_line_start = text.ends_with('\n');
+    }
+
+    /// `d` is the event's data, which [`render::call`] draws like a call record.
+    fn on_proposed(&mut self, c: ev::CallProposed, d: &Value) {
+        let s = self.style;
+        self.end_text();
+        let mut out = render::call(s, d);
+        match c.status {
+            CallStatus::Denied => {
+                out += &format!(
+                    "  {} {}\n",
+                    s.red("✗ denied by policy"),
+                    s.dim(&format!("({}); it did not run", one_line(&c.rule)))
+                );
+            }
+            CallStatus::Failed => {
+                let e = c.error.clone().unwrap_or_default();
+                out += &format!(
+                    "  {} {}\n",
+                    s.red("✗ failed:"),
+                    one_line(&format!(
+                        "{}: {}",
+                        e["code"].as_str().unwrap_or("error"),
+                        e["message"].as_str().unwrap_or_default()
                     ))
-                ));
+                );
             }
-            "turn_finished" => {
-                self.end_text();
-                let status = str_of("status");
-                let mut line = format!("turn {}", one_line(&status));
-                if let Some(n) = d["steps"].as_u64() {
-                    line += &format!(" · {n} step{}", if n == 1 { "" } else { "s" });
+            _ => {}
+        }
+        self.calls.insert(
+            c.call_id,
+            CallInfo {
+                tool: c.tool,
+                args: c.args,
+                sha: c.args_sha256,
+                status: c.status.as_str().into(),
+                expires_at_ms: c.expires_at_ms,
+                started: None,
+                partial: HashMap::new(),
+            },
+        );
+        self.block(&out);
+    }
+
+    fn on_decided(&mut self, x: ev::CallDecided) {
+        let s = self.style;
+        let kind = x.status.as_str();
+        self.forget_pending(&x.call_id);
+        if let Some(c) = self.calls.get_mut(&x.call_id) {
+            c.status = kind.into();
+        }
+        let (mark, word) = render::status_mark(s, kind);
+        let mut line = format!("  {mark} {word}");
+        if let Some(by) = &x.decided_by {
+            line += &s.dim(&format!(" by {}", one_line(by)));
+        }
+        if let Some(r) = x.reason.as_deref().filter(|r| !r.is_empty()) {
+            line += &format!(" — reason: {}", one_line(r));
+        }
+        if x.status == CallStatus::Expired {
+            line += &s.dim(" — nobody decided in time; the call did not run");
+        }
+        self.block(&format!("{line}\n"));
+    }
+
+    fn on_output(&mut self, o: ev::CallOutput) {
+        self.end_text();
+        let lines = match self.calls.get_mut(&o.call_id) {
+            Some(c) => {
+                let buf = c.partial.entry(o.stream.clone()).or_default();
+                buf.push_str(&o.data);
+                let mut done = Vec::new();
+                while let Some(i) = buf.find('\n') {
+                    done.push(buf[..i].to_string());
+                    buf.drain(..=i);
                 }
-                if let Some(t) = d["usage"]["total_tokens"].as_u64() {
-                    line += &format!(" · {t} tokens");
-                }
-                if let Some(e) = d["error"].as_object() {
-                    line += &format!(
-                        " · {}",
-                        one_line(
-                            e.get("message")
-                                .or_else(|| e.get("code"))
-                                .and_then(Value::as_str)
-                                .unwrap_or_default()
-                        )
-                    );
-                } else if let Some(e) = d["error"].as_str() {
-                    line += &format!(" · {}", one_line(e));
-                }
-                let painted = match status.as_str() {
-                    "completed" => s.dim(&format!("── {line} ──")),
-                    "cancelled" => s.yellow(&format!("── {line} ──")),
-                    _ => s.red(&format!("── {line} ──")),
-                };
-                self.block(&format!("{painted}\n"));
-                if self.running_turn.as_deref() == Some(str_of("turn_id").as_str()) {
-                    self.running_turn = None;
-                }
+                done
             }
-            _ => {} // newer event types: ignored
+            None => o.data.lines().map(str::to_string).collect(),
+        };
+        self.output_lines(&o.stream, &lines);
+    }
+
+    fn on_tool_result(&mut self, t: ev::ToolResult) {
+        let how = match t.status.as_str() {
+            "rejected" => "rejected",
+            "not_run" => "not run",
+            // A call that was made shows through its own events.
+            _ => return,
+        };
+        self.end_text();
+        let why = t
+            .error
+            .as_ref()
+            .and_then(|e| e["message"].as_str())
+            .map(|m| format!(": {}", one_line(m)))
+            .unwrap_or_default();
+        let line = format!("the model's {} call was {how}{why}", one_line(&t.tool));
+        self.block(&format!("{}\n", self.style.yellow(&line)));
+    }
+
+    fn on_turn_finished(&mut self, t: ev::TurnFinished) {
+        let s = self.style;
+        self.end_text();
+        let mut line = format!("turn {}", one_line(&t.status));
+        line += &format!(" · {} step{}", t.steps, if t.steps == 1 { "" } else { "s" });
+        if let Some(u) = t.usage {
+            line += &format!(" · {} tokens", u.total_tokens);
+        }
+        match &t.error {
+            Some(Value::Object(e)) => {
+                let m = e
+                    .get("message")
+                    .or_else(|| e.get("code"))
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                line += &format!(" · {}", one_line(m));
+            }
+            Some(Value::String(e)) => line += &format!(" · {}", one_line(e)),
+            _ => {}
+        }
+        let painted = match t.status.as_str() {
+            "completed" => s.dim(&format!("── {line} ──")),
+            "cancelled" => s.yellow(&format!("── {line} ──")),
+            _ => s.red(&format!("── {line} ──")),
+        };
+        self.block(&format!("{painted}\n"));
+        if self.running_turn.as_deref() == Some(t.turn_id.as_str()) {
+            self.running_turn = None;
         }
     }
 

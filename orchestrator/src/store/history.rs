@@ -113,10 +113,9 @@ impl AgentStore {
     pub async fn append_event(
         &self,
         session_id: &str,
-        kind: &str,
-        data: &serde_json::Value,
+        event: &crate::events::Event,
     ) -> Result<String, StoreError> {
-        self.0.append_event(session_id, kind, data).await
+        self.0.append_event(session_id, event).await
     }
 
     fn history_key(&self, sid: &str) -> String {

@@ -18,6 +18,7 @@ use std::time::Duration;
 use redis::Script;
 
 use super::{now_ms, valid_id, Store, StoreError};
+use crate::events::{Event, SessionGrant};
 
 /// How long a reserved slot lives without being renewed.
 pub const SLOT_TTL: Duration = Duration::from_secs(30);
@@ -229,19 +230,19 @@ impl Store {
         }
     }
 
-    /// Records a grant of `tool` + `pattern` in session `sid` and writes `event` (kind, data)
-    /// to the session in the same script.
+    /// Records a grant of `tool` + `pattern` in session `sid` and writes its `session_grant`
+    /// event in the same script.
     pub async fn add_grant(
         &self,
         sid: &str,
-        tool: &str,
-        pattern: &str,
+        grant: &SessionGrant,
         max: usize,
-        event: (&str, &serde_json::Value),
     ) -> Result<GrantAdded, StoreError> {
         if !valid_id(sid) {
             return Ok(GrantAdded::NoSession);
         }
+        let (tool, pattern) = (&grant.tool, &grant.pattern);
+        let (kind, data) = Event::SessionGrant(grant.clone()).to_parts();
         let mut inv = SCRIPTS.add_grant.prepare_invoke();
         inv.key(self.keys().session(sid))
             .key(self.grants_key(sid))
@@ -249,8 +250,8 @@ impl Store {
             .arg(format!("{tool}\n{pattern}"))
             .arg(now_ms())
             .arg(max)
-            .arg(event.0)
-            .arg(event.1.to_string());
+            .arg(kind)
+            .arg(data.to_string());
         let inv = &inv;
         let r: String = self
             .run(|mut c| async move { inv.invoke_async(&mut c).await })

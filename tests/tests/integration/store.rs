@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use airlock::calls::{CallStatus, Decision};
+use airlock::events::{self as ev, Event};
 use airlock::store::{
-    kinds, now_ms, AuditEntry, CallRecord, DecisionResult, SessionRecord, Store, StoreError,
-    StoreOptions,
+    now_ms, AuditEntry, CallRecord, DecisionResult, SessionRecord, Store, StoreError, StoreOptions,
 };
 use airlock_tests::redis_server::{RedisOptions, RedisServer};
 use serde_json::json;
@@ -91,11 +91,64 @@ fn new_call(session: &SessionRecord, status: CallStatus, ttl_ms: u64) -> CallRec
 async fn pending_call(store: &Store, owner: &str, ttl_ms: u64) -> (SessionRecord, CallRecord) {
     let s = store.create_session(owner).await.unwrap();
     let c = new_call(&s, CallStatus::AwaitingApproval, ttl_ms);
-    store
-        .create_call(&c, ("proposed", json!({"tool": c.tool})))
-        .await
-        .unwrap();
+    store.create_call(&c, proposed(&c)).await.unwrap();
     (s, c)
+}
+
+/// The `call_proposed` event of `c`, as the engine writes it.
+fn proposed(c: &CallRecord) -> Event {
+    Event::CallProposed(ev::CallProposed {
+        call_id: c.id.clone(),
+        status: c.status,
+        tool: c.tool.clone(),
+        args: c.args.clone(),
+        args_sha256: c.args_sha256.clone(),
+        decision: c.decision,
+        rule: c.rule.clone(),
+        preview: c.preview.clone(),
+        error: c.error.clone(),
+        expires_at_ms: c.expires_at_ms,
+    })
+}
+
+/// The event the engine writes when call `id` moves to `to`.
+fn moved(id: &str, to: CallStatus) -> Event {
+    let state = ev::CallState {
+        call_id: id.to_string(),
+        status: to,
+    };
+    match to {
+        CallStatus::Running => Event::CallStarted(state),
+        CallStatus::Cancelled => Event::CallCancelled(state),
+        CallStatus::AwaitingApproval => Event::ApprovalRequired(ev::ApprovalRequired {
+            call_id: id.to_string(),
+            status: to,
+            args_sha256: HASH.into(),
+            expires_at_ms: now_ms() + 60_000,
+        }),
+        s if s.is_terminal() => Event::CallFinished(ev::CallFinished {
+            call_id: id.to_string(),
+            status: to,
+            result: None,
+            error: None,
+            outcome: None,
+        }),
+        _ => Event::Approved(ev::CallDecided {
+            call_id: id.to_string(),
+            status: to,
+            decided_by: None,
+            reason: None,
+        }),
+    }
+}
+
+/// An `output` event of call `id` (it moves nothing).
+fn output(id: &str, data: impl ToString) -> Event {
+    Event::Output(ev::CallOutput {
+        call_id: id.to_string(),
+        stream: "stdout".into(),
+        data: data.to_string(),
+    })
 }
 
 async fn status(store: &Store, id: &str) -> CallStatus {
@@ -132,12 +185,12 @@ async fn sessions_are_created_listed_per_owner_and_deleted_with_everything() {
     // A session with events, a pending approval and a running call.
     let pending = new_call(&a1, CallStatus::AwaitingApproval, 60_000);
     store
-        .create_call(&pending, ("proposed", json!({})))
+        .create_call(&pending, proposed(&pending))
         .await
         .unwrap();
     let running = new_call(&a1, CallStatus::Approved, 0);
     store
-        .create_call(&running, ("proposed", json!({})))
+        .create_call(&running, proposed(&running))
         .await
         .unwrap();
     store
@@ -145,7 +198,7 @@ async fn sessions_are_created_listed_per_owner_and_deleted_with_everything() {
         .await
         .unwrap();
     store
-        .append_event(&a1.id, "assistant_text", &json!({"text": "hi"}))
+        .append_event(&a1.id, &output(&running.id, "hi"))
         .await
         .unwrap();
     assert_eq!(store.pending_count().await.unwrap(), 1);
@@ -192,7 +245,7 @@ async fn sessions_are_created_listed_per_owner_and_deleted_with_everything() {
     );
     // Events cannot be appended to a session that does not exist.
     assert_eq!(
-        store.append_event(&a1.id, "x", &json!({})).await,
+        store.append_event(&a1.id, &output(&running.id, "x")).await,
         Err(StoreError::NotFound)
     );
     assert_eq!(store.list_sessions("bob").await.unwrap(), vec![b1]);
@@ -204,20 +257,11 @@ async fn a_call_walks_the_legal_path_with_events_and_audit() {
     let store = open_store(&server).await;
     let s = store.create_session("alice").await.unwrap();
     let mut c = new_call(&s, CallStatus::Proposed, 0);
-    let e0 = store
-        .create_call(
-            &c,
-            (
-                "proposed",
-                json!({"tool": "write_file", "preview": c.preview}),
-            ),
-        )
-        .await
-        .unwrap();
+    let e0 = store.create_call(&c, proposed(&c)).await.unwrap();
     assert_eq!(store.get_call(&c.id).await.unwrap(), Some(c.clone()));
     assert_eq!(store.list_calls(&s.id).await.unwrap(), vec![c.clone()]);
     assert_eq!(
-        store.create_call(&c, ("proposed", json!({}))).await,
+        store.create_call(&c, proposed(&c)).await,
         Err(StoreError::Conflict {
             current: CallStatus::Proposed
         }),
@@ -238,7 +282,7 @@ async fn a_call_walks_the_legal_path_with_events_and_audit() {
             &c.id,
             CallStatus::AwaitingApproval,
             &[("expires_at_ms", expires.to_string())],
-            Some(("approval_required", json!({"expires_at_ms": expires}))),
+            Some(moved(&c.id, CallStatus::AwaitingApproval)),
             None,
         )
         .await
@@ -285,7 +329,7 @@ async fn a_call_walks_the_legal_path_with_events_and_audit() {
             &c.id,
             CallStatus::Running,
             &[],
-            Some(("started", json!({}))),
+            Some(moved(&c.id, CallStatus::Running)),
             Some(&AuditEntry::for_call(
                 &call, "system", "started", "running", None,
             )),
@@ -303,7 +347,7 @@ async fn a_call_walks_the_legal_path_with_events_and_audit() {
                 ("result", result.to_string()),
                 ("outcome", json!({"exit": 0}).to_string()),
             ],
-            Some(("result", json!({"result": result}))),
+            Some(moved(&c.id, CallStatus::Succeeded)),
             Some(&AuditEntry::for_call(
                 &call,
                 "system",
@@ -333,11 +377,11 @@ async fn a_call_walks_the_legal_path_with_events_and_audit() {
     assert_eq!(
         kinds_seen,
         [
-            "proposed",
+            "call_proposed",
             "approval_required",
-            kinds::APPROVED,
-            "started",
-            "result"
+            "approved",
+            "call_started",
+            "call_finished"
         ]
     );
     let statuses: Vec<_> = events
@@ -402,7 +446,7 @@ async fn an_illegal_transition_is_a_conflict_and_changes_nothing() {
     let store = open_store(&server).await;
     let s = store.create_session("alice").await.unwrap();
     let c = new_call(&s, CallStatus::Denied, 0);
-    store.create_call(&c, ("denied", json!({}))).await.unwrap();
+    store.create_call(&c, proposed(&c)).await.unwrap();
     let before = store.get_call(&c.id).await.unwrap().unwrap();
     let events_before = store.read_events(&s.id, None, 100).await.unwrap();
     let audit_before = store.read_audit(None, 100).await.unwrap();
@@ -418,7 +462,7 @@ async fn an_illegal_transition_is_a_conflict_and_changes_nothing() {
                 &c.id,
                 to,
                 &[("result", "{}".into())],
-                Some(("nope", json!({}))),
+                Some(moved(&c.id, to)),
                 Some(&AuditEntry::for_call(&before, "x", "x", "x", None)),
             )
             .await;
@@ -458,25 +502,25 @@ async fn an_illegal_transition_is_a_conflict_and_changes_nothing() {
     ));
     let bad = new_call(&s, CallStatus::Running, 0);
     assert!(matches!(
-        store.create_call(&bad, ("x", json!({}))).await,
+        store.create_call(&bad, proposed(&bad)).await,
         Err(StoreError::Invalid(_))
     ));
     let mut no_expiry = new_call(&s, CallStatus::AwaitingApproval, 0);
     no_expiry.expires_at_ms = None;
     assert!(matches!(
-        store.create_call(&no_expiry, ("x", json!({}))).await,
+        store.create_call(&no_expiry, proposed(&no_expiry)).await,
         Err(StoreError::Invalid(_))
     ));
     let mut foreign = new_call(&s, CallStatus::Proposed, 0);
     foreign.owner = "mallory".into();
     assert!(matches!(
-        store.create_call(&foreign, ("x", json!({}))).await,
+        store.create_call(&foreign, proposed(&foreign)).await,
         Err(StoreError::Invalid(_))
     ));
     let mut orphan = new_call(&s, CallStatus::Proposed, 0);
     orphan.session_id = new_id();
     assert_eq!(
-        store.create_call(&orphan, ("x", json!({}))).await,
+        store.create_call(&orphan, proposed(&orphan)).await,
         Err(StoreError::NotFound)
     );
     assert_eq!(store.get_call(&bad.id).await.unwrap(), None);
@@ -491,14 +535,9 @@ async fn events_resume_after_an_id_with_nothing_lost_or_repeated() {
     let other = store.create_session("alice").await.unwrap();
     let mut ids = Vec::new();
     for i in 0..25 {
-        ids.push(
-            store
-                .append_event(&s.id, "output", &json!({"chunk": i}))
-                .await
-                .unwrap(),
-        );
+        ids.push(store.append_event(&s.id, &output(&s.id, i)).await.unwrap());
         store
-            .append_event(&other.id, "output", &json!({"other": i}))
+            .append_event(&other.id, &output(&other.id, i))
             .await
             .unwrap();
     }
@@ -526,7 +565,7 @@ async fn events_resume_after_an_id_with_nothing_lost_or_repeated() {
     assert_eq!(seen.iter().map(|e| e.id.clone()).collect::<Vec<_>>(), ids);
     for (i, e) in seen.iter().enumerate() {
         assert_eq!(e.kind, "output");
-        assert_eq!(e.data, json!({"chunk": i}));
+        assert_eq!(e.event().unwrap(), output(&s.id, i));
     }
     // Resuming after event 10 returns exactly the later ones.
     let later = store.read_events(&s.id, Some(&ids[10]), 100).await.unwrap();
@@ -567,10 +606,7 @@ async fn wait_events_wakes_up_on_append_without_stalling_other_commands() {
     let server = RedisServer::start();
     let store = open_store(&server).await;
     let s = store.create_session("alice").await.unwrap();
-    let first = store
-        .append_event(&s.id, "output", &json!({"n": 0}))
-        .await
-        .unwrap();
+    let first = store.append_event(&s.id, &output(&s.id, 0)).await.unwrap();
 
     // Something already there: no wait.
     let t = Instant::now();
@@ -587,10 +623,7 @@ async fn wait_events_wakes_up_on_append_without_stalling_other_commands() {
         let sid = s.id.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(400)).await;
-            store
-                .append_event(&sid, "output", &json!({"n": 1}))
-                .await
-                .unwrap()
+            store.append_event(&sid, &output(&sid, 1)).await.unwrap()
         })
     };
     // Meanwhile the shared connection keeps answering.
@@ -612,7 +645,7 @@ async fn wait_events_wakes_up_on_append_without_stalling_other_commands() {
     let appended = writer.await.unwrap();
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0].id, appended);
-    assert_eq!(got[0].data, json!({"n": 1}));
+    assert_eq!(got[0].data["data"], "1");
     assert!(
         waited >= Duration::from_millis(300) && waited < Duration::from_secs(5),
         "woke after {waited:?}"
@@ -646,10 +679,7 @@ async fn wait_events_wakes_up_on_append_without_stalling_other_commands() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let last = store
-        .append_event(&s.id, "output", &json!({"n": 2}))
-        .await
-        .unwrap();
+    let last = store.append_event(&s.id, &output(&s.id, 2)).await.unwrap();
     for w in waiters {
         let got = tokio::time::timeout(Duration::from_secs(5), w)
             .await
@@ -713,7 +743,7 @@ async fn two_racing_approvals_exactly_one_wins() {
             .await
             .unwrap()
             .into_iter()
-            .filter(|e| e.kind == kinds::APPROVED || e.kind == kinds::DENIED)
+            .filter(|e| e.kind == "approved" || e.kind == "denied")
             .count();
         assert_eq!(decisions, 1, "iteration {i}: one decision event");
     }
@@ -761,7 +791,7 @@ async fn approval_racing_expiry_resolves_to_exactly_one() {
             .await
             .unwrap()
             .into_iter()
-            .filter(|e| e.kind == kinds::APPROVED || e.kind == kinds::EXPIRED)
+            .filter(|e| e.kind == "approved" || e.kind == "expired")
             .count();
         assert_eq!(terminal, 1, "iteration {i}");
     }
@@ -901,7 +931,11 @@ async fn approvals_expire_with_their_ttl() {
     let events = store.read_events(&s.id, None, 100).await.unwrap();
     let last = events.last().unwrap();
     assert_eq!(last.id, event_id);
-    assert_eq!(last.kind, kinds::EXPIRED);
+    assert_eq!(last.kind, "expired");
+    assert!(last
+        .event()
+        .unwrap()
+        .ends_call(last.data["call_id"].as_str().unwrap()));
     assert_eq!(last.data, json!({"call_id": late.id, "status": "expired"}));
 
     // The sweeper expires the other one and leaves the fresh one alone.
@@ -958,10 +992,7 @@ async fn many_due_approvals_are_swept_in_batches() {
     let s = store.create_session("alice").await.unwrap();
     for _ in 0..230 {
         let c = new_call(&s, CallStatus::AwaitingApproval, 1);
-        store
-            .create_call(&c, ("proposed", json!({})))
-            .await
-            .unwrap();
+        store.create_call(&c, proposed(&c)).await.unwrap();
     }
     let expired = store.expire_due(now_ms() + 10).await.unwrap();
     assert_eq!(expired.len(), 230);
@@ -985,9 +1016,7 @@ async fn calls_in_flight_name_their_runner_and_instance_leases_are_exclusive() {
     assert!(matches!(approved, DecisionResult::Approved { .. }));
     let s = b.create_session("alice").await.unwrap();
     let direct = new_call(&s, CallStatus::Approved, 0);
-    b.create_call(&direct, ("proposed", json!({})))
-        .await
-        .unwrap();
+    b.create_call(&direct, proposed(&direct)).await.unwrap();
     let mut expected = vec![
         (pending.id.clone(), Some("orch-a".to_string())),
         (direct.id.clone(), Some("orch-b".to_string())),
@@ -1075,7 +1104,7 @@ async fn interrupted_calls_are_found_and_failed_after_a_restart() {
     let s = store.create_session("alice").await.unwrap();
     let running = new_call(&s, CallStatus::Approved, 0);
     store
-        .create_call(&running, ("proposed", json!({})))
+        .create_call(&running, proposed(&running))
         .await
         .unwrap();
     store
@@ -1084,7 +1113,7 @@ async fn interrupted_calls_are_found_and_failed_after_a_restart() {
         .unwrap();
     let approved = new_call(&s, CallStatus::Approved, 0);
     store
-        .create_call(&approved, ("proposed", json!({})))
+        .create_call(&approved, proposed(&approved))
         .await
         .unwrap();
     let (_, pending) = pending_call(&store, "alice", 600_000).await;
@@ -1095,18 +1124,31 @@ async fn interrupted_calls_are_found_and_failed_after_a_restart() {
     let mut expected = vec![running.id.clone(), approved.id.clone()];
     expected.sort();
     assert_eq!(store.running_calls().await.unwrap(), expected);
+    // What the engine's recovery does with each: failed, with its `call_finished` event.
+    let error = json!({"code": "interrupted", "message": "the orchestrator restarted"});
+    let fail = |id: &str| {
+        let store = store.clone();
+        let (id, error) = (id.to_string(), error.clone());
+        async move {
+            store
+                .transition(
+                    &id,
+                    CallStatus::Failed,
+                    &[("error", error.to_string())],
+                    Some(moved(&id, CallStatus::Failed)),
+                    None,
+                )
+                .await
+        }
+    };
     for id in &expected {
-        let rec = store
-            .fail_interrupted(id, "the orchestrator restarted")
-            .await
-            .unwrap();
+        let (rec, _) = fail(id).await.unwrap();
         assert_eq!(rec.status, CallStatus::Failed);
-        assert_eq!(rec.reason.as_deref(), Some("the orchestrator restarted"));
         assert_eq!(rec.error.as_ref().unwrap()["code"], "interrupted");
     }
     assert!(store.running_calls().await.unwrap().is_empty());
     assert_eq!(
-        store.fail_interrupted(&running.id, "again").await,
+        fail(&running.id).await,
         Err(StoreError::Conflict {
             current: CallStatus::Failed
         })
@@ -1116,7 +1158,7 @@ async fn interrupted_calls_are_found_and_failed_after_a_restart() {
         .await
         .unwrap()
         .into_iter()
-        .filter(|e| e.kind == kinds::FAILED)
+        .filter(|e| e.kind == "call_finished")
         .count();
     assert_eq!(failed_events, 2);
 
@@ -1146,7 +1188,10 @@ async fn redis_going_away_gives_unavailable_quickly_and_the_store_recovers() {
             .decide(&c.id, "alice", HASH, true, None, now_ms())
             .await
             .map(|_| ()),
-        store.append_event(&s.id, "x", &json!({})).await.map(|_| ()),
+        store
+            .append_event(&s.id, &output(&c.id, "x"))
+            .await
+            .map(|_| ()),
         store.read_events(&s.id, None, 10).await.map(|_| ()),
         store
             .wait_events(&s.id, None, 10, Duration::from_secs(1))
@@ -1343,10 +1388,7 @@ async fn blocking_reads_are_bounded_by_the_reader_cap() {
         .unwrap();
     assert!(got.is_empty());
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
-    let id = store
-        .append_event(&s.id, "output", &json!({"n": 1}))
-        .await
-        .unwrap();
+    let id = store.append_event(&s.id, &output(&s.id, 1)).await.unwrap();
     let held = holder.await.unwrap().unwrap();
     assert_eq!(held.len(), 1);
     assert_eq!(held[0].id, id);
@@ -1507,46 +1549,30 @@ async fn grants_are_stored_with_their_event_and_deleted_with_the_session() {
     use airlock::store::GrantAdded;
     let server = RedisServer::start();
     let store = open_store(&server).await;
-    let ev = json!({"tool": "run_shell", "pattern": "cargo test *"});
+    let grant = |tool: &str, pattern: &str| ev::SessionGrant {
+        tool: tool.into(),
+        pattern: pattern.into(),
+        writable: tool == "run_shell",
+    };
+    let shell = grant("run_shell", "cargo test *");
     assert_eq!(
-        store
-            .add_grant(
-                &new_id(),
-                "run_shell",
-                "cargo test *",
-                2,
-                ("session_grant", &ev)
-            )
-            .await
-            .unwrap(),
+        store.add_grant(&new_id(), &shell, 2).await.unwrap(),
         GrantAdded::NoSession
     );
     let s = store.create_session("alice").await.unwrap();
     for want in [GrantAdded::Added, GrantAdded::Exists] {
-        assert_eq!(
-            store
-                .add_grant(
-                    &s.id,
-                    "run_shell",
-                    "cargo test *",
-                    2,
-                    ("session_grant", &ev)
-                )
-                .await
-                .unwrap(),
-            want
-        );
+        assert_eq!(store.add_grant(&s.id, &shell, 2).await.unwrap(), want);
     }
     assert_eq!(
         store
-            .add_grant(&s.id, "write_file", "notes/*", 2, ("session_grant", &ev))
+            .add_grant(&s.id, &grant("write_file", "notes/*"), 2)
             .await
             .unwrap(),
         GrantAdded::Added
     );
     assert_eq!(
         store
-            .add_grant(&s.id, "read_file", "*", 2, ("session_grant", &ev))
+            .add_grant(&s.id, &grant("read_file", "*"), 2)
             .await
             .unwrap(),
         GrantAdded::Full
@@ -1557,10 +1583,13 @@ async fn grants_are_stored_with_their_event_and_deleted_with_the_session() {
     assert!(grants.contains(&("write_file".into(), "notes/*".into())));
     // One event per grant actually added.
     let events = store.read_events(&s.id, None, 100).await.unwrap();
+    let granted: Vec<Event> = events.iter().map(|e| e.event().unwrap()).collect();
     assert_eq!(
-        events.iter().filter(|e| e.kind == "session_grant").count(),
-        2,
-        "{events:?}"
+        granted,
+        vec![
+            Event::SessionGrant(shell.clone()),
+            Event::SessionGrant(grant("write_file", "notes/*"))
+        ]
     );
     store.delete_session(&s.id).await.unwrap();
     assert!(store.grants(&s.id).await.unwrap().is_empty());
@@ -1574,7 +1603,7 @@ async fn grants_are_stored_with_their_event_and_deleted_with_the_session() {
 }
 
 /// A call awaiting approval is written with both its events in one script: `call_proposed`
-/// then `approval_required`, each stamped once with the call's id and status.
+/// then `approval_required`, each naming the call and its status, which the store checks.
 #[tokio::test]
 async fn a_new_call_and_its_approval_request_are_one_write() {
     let server = RedisServer::start();
@@ -1584,10 +1613,7 @@ async fn a_new_call_and_its_approval_request_are_one_write() {
     let first = store
         .create_call_with(
             &c,
-            vec![
-                ("call_proposed", json!({"tool": c.tool})),
-                ("approval_required", json!({"args_sha256": HASH})),
-            ],
+            vec![proposed(&c), moved(&c.id, CallStatus::AwaitingApproval)],
         )
         .await
         .unwrap();
@@ -1603,6 +1629,30 @@ async fn a_new_call_and_its_approval_request_are_one_write() {
         assert_eq!(e.data["status"], "awaiting_approval", "{e:?}");
     }
     assert_eq!(events[1].data["args_sha256"], HASH);
+    // Events about another call, or another status, are refused before Redis is asked.
+    let other = new_call(&s, CallStatus::AwaitingApproval, 60_000);
+    for wrong in [
+        vec![proposed(&c)],
+        vec![proposed(&other), moved(&other.id, CallStatus::Running)],
+    ] {
+        assert!(matches!(
+            store.create_call_with(&other, wrong).await,
+            Err(StoreError::Invalid(_))
+        ));
+    }
+    assert!(matches!(
+        store
+            .transition(
+                &c.id,
+                CallStatus::Cancelled,
+                &[],
+                Some(moved(&c.id, CallStatus::Failed)),
+                None
+            )
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert_eq!(status(&store, &c.id).await, CallStatus::AwaitingApproval);
     // A call with no event at all is refused before Redis is asked.
     let other = new_call(&s, CallStatus::AwaitingApproval, 60_000);
     assert!(matches!(
