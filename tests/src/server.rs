@@ -460,11 +460,21 @@ impl Api {
         }
     }
 
-    /// The session's whole history (`GET /v1/sessions/{id}`'s events).
+    /// The session's events (`GET /v1/sessions/{id}`); panics on one that is not an
+    /// [`airlock::events::Event`].
     pub async fn history(&self, token: &str, session: &str) -> Vec<Value> {
         let r = self.get(&format!("/v1/sessions/{session}"), token).await;
         r.expect(200);
-        r.json["events"].as_array().expect("events").clone()
+        let events = r.json["events"].as_array().expect("events").clone();
+        // Every event the server wrote is of the one vocabulary (`airlock::events`): each test
+        // that reads a session's events checks the contract.
+        for e in &events {
+            let kind = e["type"].as_str().expect("an event has a type");
+            if let Err(err) = airlock::events::Event::from_parts(kind, &e["data"]) {
+                panic!("event {e} does not parse: {err}");
+            }
+        }
+        events
     }
 }
 
