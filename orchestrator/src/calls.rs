@@ -126,6 +126,21 @@ pub enum Decision {
 }
 
 impl Decision {
+    pub const ALL: [Decision; 3] = [Decision::Deny, Decision::Ask, Decision::Allow];
+
+    /// Its name, as in policy files, records and events.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Decision::Deny => "deny",
+            Decision::Ask => "ask",
+            Decision::Allow => "allow",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Decision> {
+        Decision::ALL.into_iter().find(|d| d.as_str() == s)
+    }
+
     /// The state a proposed call moves to under this decision.
     pub fn next_status(&self) -> CallStatus {
         match self {

@@ -434,7 +434,7 @@ fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<airlock::config
 }
 
 fn policy_cmd(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
-    use airlock::policy::{decision_name, Policy};
+    use airlock::policy::Policy;
     match cmd {
         PolicyCmd::Schema => {
             print!("{}", airlock::policy::json_schema());
@@ -510,7 +510,7 @@ fn policy_cmd(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&out)?);
                 return Ok(ExitCode::SUCCESS);
             }
-            println!("decision: {}", decision_name(v.decision));
+            println!("decision: {}", v.decision.as_str());
             match rule {
                 Some((line, summary)) => println!(
                     "rule:     {} ({}:{line}): {summary}",

@@ -222,8 +222,8 @@ impl Policy {
                     "{} {} expected {}{want_rule}, got {} by `{}`{}",
                     case.tool,
                     case.args,
-                    decision_name(case.expect),
-                    decision_name(v.decision),
+                    case.expect.as_str(),
+                    v.decision.as_str(),
                     v.rule,
                     if v.details.len() > 1 {
                         format!(" ({})", v.details.join("; "))
@@ -385,14 +385,6 @@ pub fn json_schema() -> String {
 /// Hex SHA-256 of a bearer token, as stored in policy files.
 pub fn token_sha256(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
-}
-
-pub fn decision_name(d: Decision) -> &'static str {
-    match d {
-        Decision::Allow => "allow",
-        Decision::Ask => "ask",
-        Decision::Deny => "deny",
-    }
 }
 
 // ---- validation and compilation ---------------------------------------------------------------
@@ -687,7 +679,7 @@ impl Compiler<'_> {
         }
         let mut summary = format!(
             "{} {}",
-            decision_name(rule.decision),
+            rule.decision.as_str(),
             rule.tool.get_ref().0.join(", ")
         );
         if let Some(p) = &rule.path {
@@ -835,7 +827,7 @@ fn merge(layers: &[&Compiled]) -> Effective {
 
 impl fmt::Display for Verdict {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} by {}", decision_name(self.decision), self.rule)
+        write!(f, "{} by {}", self.decision.as_str(), self.rule)
     }
 }
 

@@ -388,23 +388,6 @@ fn parse_u64(field: &str, v: &str) -> Result<u64, StoreError> {
         .map_err(|_| StoreError::Corrupt(format!("`{field}` is not a number: {v:?}")))
 }
 
-fn decision_str(d: Decision) -> &'static str {
-    match d {
-        Decision::Deny => "deny",
-        Decision::Ask => "ask",
-        Decision::Allow => "allow",
-    }
-}
-
-fn parse_decision(s: &str) -> Option<Decision> {
-    match s {
-        "deny" => Some(Decision::Deny),
-        "ask" => Some(Decision::Ask),
-        "allow" => Some(Decision::Allow),
-        _ => None,
-    }
-}
-
 /// Fields a `transition` patch may set, and how their values are checked.
 const PATCH_JSON: &[&str] = &["preview", "result", "error", "outcome"];
 const PATCH_U64: &[&str] = &["expires_at_ms", "decided_at_ms"];
@@ -438,7 +421,7 @@ impl CallRecord {
             ("args", self.args.to_string()),
             ("args_sha256", self.args_sha256.clone()),
             ("status", self.status.as_str().into()),
-            ("decision", decision_str(self.decision).into()),
+            ("decision", self.decision.as_str().into()),
             ("rule", self.rule.clone()),
             ("policy_sha256", self.policy_sha256.clone()),
             ("created_at_ms", self.created_at_ms.to_string()),
@@ -488,7 +471,7 @@ impl CallRecord {
             args_sha256: get("args_sha256")?,
             status: CallStatus::parse(&status)
                 .ok_or_else(|| StoreError::Corrupt(format!("unknown status {status:?}")))?,
-            decision: parse_decision(&decision)
+            decision: Decision::parse(&decision)
                 .ok_or_else(|| StoreError::Corrupt(format!("unknown decision {decision:?}")))?,
             rule: get("rule")?,
             policy_sha256: get("policy_sha256")?,
@@ -1581,7 +1564,7 @@ impl Store {
         }
         let detail = format!(
             "decision={} rule={}",
-            decision_str(call.decision),
+            call.decision.as_str(),
             call.rule
         );
         let audit = AuditEntry::for_call(

@@ -412,7 +412,7 @@ pub fn evaluate(eff: &Effective, call: &ToolCall, grants: &[Grant]) -> Verdict {
             let detail = format!(
                 "{} `{path}` → {} by {}",
                 tool.as_str(),
-                name(j.decision),
+                j.decision.as_str(),
                 j.rule
             );
             (j, detail)
@@ -428,14 +428,6 @@ fn verdict(j: Judged, details: Vec<String>) -> Verdict {
         rule: j.rule,
         reason: j.reason,
         details,
-    }
-}
-
-fn name(d: Decision) -> &'static str {
-    match d {
-        Decision::Allow => "allow",
-        Decision::Ask => "ask",
-        Decision::Deny => "deny",
     }
 }
 
@@ -590,7 +582,7 @@ fn evaluate_shell(eff: &Effective, command: &str, cwd: Option<&str>, grants: &[G
         details.push(format!(
             "segment `{}` → {} by {}{}",
             seg.source,
-            name(j.decision),
+            j.decision.as_str(),
             j.rule,
             if j.decision == Decision::Allow && j.write {
                 " (writable workspace)"
