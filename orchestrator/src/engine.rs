@@ -343,12 +343,9 @@ impl Engine {
 
     pub async fn delete_session(&self, user: &User, id: &str) -> Result<(), EngineError> {
         self.owned_session(user, id).await?;
+        // One script: the agent's conversation and turn lock go with the session's events and
+        // calls (and a turn still running cannot write them back: its appends need the session).
         self.store.delete_session(id).await?;
-        // The agent's conversation and turn lock go with it (after the session, so a turn still
-        // running cannot write them back).
-        if let Err(e) = self.store.delete_agent_state(id).await {
-            tracing::warn!(session_id = %id, error = %e, "could not delete the session's agent history");
-        }
         Ok(())
     }
 

@@ -35,52 +35,6 @@ pub enum Heartbeat {
     Lost,
 }
 
-// ARGV: session key, history key, entry. Returns the new length, or nil without the session.
-const APPEND: &str = r#"
-if redis.call('EXISTS', ARGV[1]) == 0 then return false end
-return redis.call('RPUSH', ARGV[2], ARGV[3])
-"#;
-
-// ARGV: session key, turn key, cancel key, turn id, ttl ms.
-// Returns {1, id} when taken, {2, holder} when held by another turn, {0, ''} without the session.
-const BEGIN: &str = r#"
-if redis.call('EXISTS', ARGV[1]) == 0 then return {0, ''} end
-local cur = redis.call('GET', ARGV[2])
-if cur then return {2, cur} end
-redis.call('SET', ARGV[2], ARGV[4], 'PX', ARGV[5])
-redis.call('DEL', ARGV[3])
-return {1, ARGV[4]}
-"#;
-
-// ARGV: turn key, cancel key, turn id, ttl ms. Returns 1 held, 2 cancel requested, 0 lost.
-const BEAT: &str = r#"
-local cur = redis.call('GET', ARGV[1])
-if cur == false then
-  redis.call('SET', ARGV[1], ARGV[3], 'PX', ARGV[4])
-elseif cur ~= ARGV[3] then
-  return 0
-else
-  redis.call('PEXPIRE', ARGV[1], ARGV[4])
-end
-if redis.call('GET', ARGV[2]) == ARGV[3] then return 2 end
-return 1
-"#;
-
-// ARGV: turn key, cancel key, turn id.
-const END: &str = r#"
-if redis.call('GET', ARGV[1]) == ARGV[3] then redis.call('DEL', ARGV[1]) end
-if redis.call('GET', ARGV[2]) == ARGV[3] then redis.call('DEL', ARGV[2]) end
-return 1
-"#;
-
-// ARGV: turn key, cancel key, ttl ms. Returns the running turn's id, or nil.
-const REQUEST_CANCEL: &str = r#"
-local cur = redis.call('GET', ARGV[1])
-if not cur then return false end
-redis.call('SET', ARGV[2], cur, 'PX', ARGV[3])
-return cur
-"#;
-
 struct HistoryScripts {
     append: Script,
     begin: Script,
@@ -90,11 +44,11 @@ struct HistoryScripts {
 }
 
 static SCRIPTS: LazyLock<HistoryScripts> = LazyLock::new(|| HistoryScripts {
-    append: Script::new(APPEND),
-    begin: Script::new(BEGIN),
-    beat: Script::new(BEAT),
-    end: Script::new(END),
-    request_cancel: Script::new(REQUEST_CANCEL),
+    append: Script::new(include_str!("lua/append_history.lua")),
+    begin: Script::new(include_str!("lua/begin_turn.lua")),
+    beat: Script::new(include_str!("lua/turn_heartbeat.lua")),
+    end: Script::new(include_str!("lua/end_turn.lua")),
+    request_cancel: Script::new(include_str!("lua/request_turn_cancel.lua")),
 });
 
 /// The agent's handle on the store: its conversation history and turn lock, and appending its
@@ -119,13 +73,13 @@ impl AgentStore {
     }
 
     fn history_key(&self, sid: &str) -> String {
-        history_key(&self.0, sid)
+        self.0.keys().history(sid)
     }
     fn turn_key(&self, sid: &str) -> String {
-        turn_key(&self.0, sid)
+        self.0.keys().turn(sid)
     }
     fn turn_cancel_key(&self, sid: &str) -> String {
-        turn_cancel_key(&self.0, sid)
+        self.0.keys().turn_cancel(sid)
     }
 
     /// Appends one history entry (any JSON). `NotFound` when the session does not exist
@@ -138,12 +92,14 @@ impl AgentStore {
         if !valid_id(session_id) {
             return Err(StoreError::NotFound);
         }
-        let args = vec![
+        let keys = [
             self.0.keys().session(session_id),
             self.history_key(session_id),
-            entry.to_string(),
         ];
-        let n: Option<u64> = self.0.invoke(&SCRIPTS.append, &args).await?;
+        let n: Option<u64> = self
+            .0
+            .invoke(&SCRIPTS.append, &keys, &[entry.to_string()])
+            .await?;
         n.ok_or(StoreError::NotFound)
     }
 
@@ -183,14 +139,13 @@ impl AgentStore {
         if !valid_id(session_id) {
             return Err(StoreError::NotFound);
         }
-        let args = vec![
+        let keys = [
             self.0.keys().session(session_id),
             self.turn_key(session_id),
             self.turn_cancel_key(session_id),
-            turn_id.to_string(),
-            TURN_LOCK_TTL.as_millis().to_string(),
         ];
-        let (code, holder): (i64, String) = self.0.invoke(&SCRIPTS.begin, &args).await?;
+        let args = [turn_id.to_string(), TURN_LOCK_TTL.as_millis().to_string()];
+        let (code, holder): (i64, String) = self.0.invoke(&SCRIPTS.begin, &keys, &args).await?;
         match code {
             1 => Ok(Ok(())),
             2 => Ok(Err(holder)),
@@ -204,13 +159,9 @@ impl AgentStore {
         session_id: &str,
         turn_id: &str,
     ) -> Result<Heartbeat, StoreError> {
-        let args = vec![
-            self.turn_key(session_id),
-            self.turn_cancel_key(session_id),
-            turn_id.to_string(),
-            TURN_LOCK_TTL.as_millis().to_string(),
-        ];
-        let code: i64 = self.0.invoke(&SCRIPTS.beat, &args).await?;
+        let keys = [self.turn_key(session_id), self.turn_cancel_key(session_id)];
+        let args = [turn_id.to_string(), TURN_LOCK_TTL.as_millis().to_string()];
+        let code: i64 = self.0.invoke(&SCRIPTS.beat, &keys, &args).await?;
         Ok(match code {
             1 => Heartbeat::Held,
             2 => Heartbeat::CancelRequested,
@@ -220,12 +171,11 @@ impl AgentStore {
 
     /// Releases the turn lock (only if `turn_id` holds it) and its cancel request.
     pub async fn end_turn(&self, session_id: &str, turn_id: &str) -> Result<(), StoreError> {
-        let args = vec![
-            self.turn_key(session_id),
-            self.turn_cancel_key(session_id),
-            turn_id.to_string(),
-        ];
-        let _: i64 = self.0.invoke(&SCRIPTS.end, &args).await?;
+        let keys = [self.turn_key(session_id), self.turn_cancel_key(session_id)];
+        let _: i64 = self
+            .0
+            .invoke(&SCRIPTS.end, &keys, &[turn_id.to_string()])
+            .await?;
         Ok(())
     }
 
@@ -247,39 +197,8 @@ impl AgentStore {
         if !valid_id(session_id) {
             return Ok(None);
         }
-        let args = vec![
-            self.turn_key(session_id),
-            self.turn_cancel_key(session_id),
-            CANCEL_TTL.as_millis().to_string(),
-        ];
-        self.0.invoke(&SCRIPTS.request_cancel, &args).await
-    }
-}
-
-fn history_key(s: &Store, sid: &str) -> String {
-    format!("{}:history", s.keys().session(sid))
-}
-fn turn_key(s: &Store, sid: &str) -> String {
-    format!("{}:turn", s.keys().session(sid))
-}
-fn turn_cancel_key(s: &Store, sid: &str) -> String {
-    format!("{}:turn_cancel", s.keys().session(sid))
-}
-
-impl Store {
-    /// Deletes the session's history and turn keys (with the session).
-    pub async fn delete_agent_state(&self, session_id: &str) -> Result<(), StoreError> {
-        if !valid_id(session_id) {
-            return Ok(());
-        }
-        let _: i64 = self
-            .query(
-                redis::cmd("DEL")
-                    .arg(history_key(self, session_id))
-                    .arg(turn_key(self, session_id))
-                    .arg(turn_cancel_key(self, session_id)),
-            )
-            .await?;
-        Ok(())
+        let keys = [self.turn_key(session_id), self.turn_cancel_key(session_id)];
+        let args = [CANCEL_TTL.as_millis().to_string()];
+        self.0.invoke(&SCRIPTS.request_cancel, &keys, &args).await
     }
 }

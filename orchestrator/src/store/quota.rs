@@ -58,60 +58,6 @@ pub enum GrantAdded {
     NoSession,
 }
 
-// KEYS: slots. ARGV: now ms, token, limit ('' = none), ttl ms.
-// Returns {1, n} reserved (n now held), {0, n} full.
-const RESERVE: &str = r#"
-local now = tonumber(ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-local n = redis.call('ZCARD', KEYS[1])
-if ARGV[3] ~= '' and n >= tonumber(ARGV[3]) then return {0, n} end
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[4]), ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-return {1, n + 1}
-"#;
-
-// KEYS: slots keys, one per token. ARGV: now ms, ttl ms, tokens in KEYS order.
-// Renews the tokens still present (a released slot is not brought back).
-const RENEW: &str = r#"
-local now = tonumber(ARGV[1])
-local ttl = tonumber(ARGV[2])
-for i, k in ipairs(KEYS) do
-  redis.call('ZADD', k, 'XX', now + ttl, ARGV[2 + i])
-  redis.call('PEXPIRE', k, ttl)
-end
-return #KEYS
-"#;
-
-// KEYS: proposals. ARGV: now ms, member, limit ('' = none), window ms, max remembered.
-// Returns {1} counted, {0, oldest score} limited.
-const PROPOSE: &str = r#"
-local now = tonumber(ARGV[1])
-local window = tonumber(ARGV[4])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-if ARGV[3] ~= '' then
-  local n = redis.call('ZCARD', KEYS[1])
-  if n >= tonumber(ARGV[3]) then
-    local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-    return {0, oldest[2] or tostring(now)}
-  end
-end
-redis.call('ZADD', KEYS[1], now, ARGV[2])
-redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -tonumber(ARGV[5]) - 1)
-redis.call('PEXPIRE', KEYS[1], window + 1000)
-return {1}
-"#;
-
-// KEYS: session, grants, events. ARGV: field, now ms, max grants, event kind, event data.
-// Returns 'added' (and the event is written), 'exists', 'full' or 'no_session'.
-const ADD_GRANT: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 0 then return 'no_session' end
-if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return 'exists' end
-if redis.call('HLEN', KEYS[2]) >= tonumber(ARGV[3]) then return 'full' end
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-redis.call('XADD', KEYS[3], '*', 'kind', ARGV[4], 'data', ARGV[5])
-return 'added'
-"#;
-
 struct QuotaScripts {
     reserve: Script,
     renew: Script,
@@ -120,21 +66,21 @@ struct QuotaScripts {
 }
 
 static SCRIPTS: LazyLock<QuotaScripts> = LazyLock::new(|| QuotaScripts {
-    reserve: Script::new(RESERVE),
-    renew: Script::new(RENEW),
-    propose: Script::new(PROPOSE),
-    add_grant: Script::new(ADD_GRANT),
+    reserve: Script::new(include_str!("lua/reserve_slot.lua")),
+    renew: Script::new(include_str!("lua/renew_slots.lua")),
+    propose: Script::new(include_str!("lua/count_proposal.lua")),
+    add_grant: Script::new(include_str!("lua/add_grant.lua")),
 });
 
 impl Store {
     fn slots_key(&self, user: &str) -> String {
-        format!("{}user:{user}:slots", self.keys().prefix())
+        self.keys().user_slots(user)
     }
     fn proposals_key(&self, user: &str) -> String {
-        format!("{}user:{user}:proposals", self.keys().prefix())
+        self.keys().user_proposals(user)
     }
     pub(super) fn grants_key(&self, sid: &str) -> String {
-        format!("{}:grants", self.keys().session(sid))
+        self.keys().grants(sid)
     }
 
     /// Reserves one of `user`'s concurrent-call places under `token`, unless `limit` places

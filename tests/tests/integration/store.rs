@@ -206,6 +206,17 @@ async fn sessions_are_created_listed_per_owner_and_deleted_with_everything() {
         store.running_calls().await.unwrap(),
         vec![running.id.clone()]
     );
+    // The agent's keys live in the session too (written here as the agent's store would).
+    let k = store.keys();
+    let mut r = raw(&server).await;
+    for key in [k.history(&a1.id), k.turn(&a1.id), k.turn_cancel(&a1.id)] {
+        let _: () = redis::cmd("SET")
+            .arg(&key)
+            .arg("x")
+            .query_async(&mut r)
+            .await
+            .unwrap();
+    }
 
     store.delete_session(&a1.id).await.unwrap();
     assert_eq!(store.get_session(&a1.id).await.unwrap(), None);
@@ -222,8 +233,6 @@ async fn sessions_are_created_listed_per_owner_and_deleted_with_everything() {
         .is_empty());
     assert_eq!(store.pending_count().await.unwrap(), 0);
     assert!(store.running_calls().await.unwrap().is_empty());
-    let mut r = raw(&server).await;
-    let k = store.keys();
     for key in [
         k.session(&a1.id),
         k.events(&a1.id),
@@ -231,6 +240,9 @@ async fn sessions_are_created_listed_per_owner_and_deleted_with_everything() {
         k.call(&pending.id),
         k.approval(&pending.id),
         k.call(&running.id),
+        k.history(&a1.id),
+        k.turn(&a1.id),
+        k.turn_cancel(&a1.id),
     ] {
         let exists: bool = redis::cmd("EXISTS")
             .arg(&key)

@@ -1,0 +1,31 @@
+-- KEYS[5]: the call. ARGV[4..]: id, to, allowed predecessors (comma-separated), n, n patch
+-- pairs, event kind ('' = none), event data, audit pairs (none = no audit entry).
+-- Returns reply('ok', event id, id), {'not_found'}, {'conflict', status} or {'no_expiry'}.
+local id, to = ARGV[4], ARGV[5]
+if redis.call('EXISTS', KEYS[5]) == 0 then return {'not_found'} end
+local c = load_call(id)
+local ok = false
+for s in string.gmatch(ARGV[6], '[^,]+') do
+  if s == c.status then ok = true end
+end
+if not ok then return {'conflict', c.status} end
+local n = tonumber(ARGV[7])
+local patch = {}
+for i = 1, 2 * n do patch[i] = ARGV[7 + i] end
+if to == 'awaiting_approval' then
+  local exp = c.expires_at_ms
+  for i = 1, #patch, 2 do
+    if patch[i] == 'expires_at_ms' then exp = patch[i + 1] end
+  end
+  if not exp then return {'no_expiry'} end
+end
+local j = 8 + 2 * n
+local ev_kind = nil
+if ARGV[j] ~= '' then ev_kind = ARGV[j] end
+local audit = nil
+if #ARGV > j + 1 then
+  audit = {}
+  for i = j + 2, #ARGV do audit[#audit + 1] = ARGV[i] end
+end
+local eid = move(id, c, to, patch, ev_kind, ARGV[j + 1], audit)
+return reply('ok', eid, id)
