@@ -111,16 +111,11 @@ fn the_pure_core_knows_no_docker_redis_http_llm_or_runtime() {
     );
 }
 
-/// `doctor.rs` still probes Docker and Redis itself (its version/info/image checks and its
-/// Redis PING/INFO); moving them behind `sandbox` and `store` is part of splitting the doctor
-/// (issue #11). No other file is exempt.
-const NOT_YET_SPLIT: &str = "doctor.rs";
-
 #[test]
 fn only_the_sandbox_talks_to_docker() {
     check(
         "bollard outside orchestrator/src/sandbox/",
-        |f| f.starts_with("sandbox/") || f == NOT_YET_SPLIT,
+        |f| f.starts_with("sandbox/"),
         &["bollard"],
     );
 }
@@ -129,7 +124,7 @@ fn only_the_sandbox_talks_to_docker() {
 fn only_the_store_talks_to_redis() {
     check(
         "the redis crate outside orchestrator/src/store",
-        |f| f == "store.rs" || f.starts_with("store/") || f == NOT_YET_SPLIT,
+        |f| f.starts_with("store/"),
         &["redis"],
     );
 }

@@ -3,6 +3,7 @@
 //! streams the executor's events back, enforces the deadline and the output cap, and always
 //! removes the container.
 
+pub mod engine;
 pub mod image;
 pub mod profile;
 mod views;

@@ -81,6 +81,7 @@ mod calls;
 mod codec;
 mod keys;
 mod leases;
+pub mod probe;
 mod sessions;
 mod stream;
 pub use calls::CALL_CANCEL_TTL;

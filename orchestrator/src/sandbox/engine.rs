@@ -1,0 +1,111 @@
+//! Read-only facts about the Docker engine and its images, for `airlock doctor`: `version`,
+//! `info` and image inspection. Nothing here creates a container.
+
+use std::collections::HashMap;
+
+use bollard::errors::Error as DockerError;
+use bollard::Docker;
+
+use super::{connect_docker, SandboxError};
+
+/// What the engine says about itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EngineFacts {
+    pub version: String,
+    pub api_version: String,
+    pub kernel: String,
+    /// Registered OCI runtimes, sorted.
+    pub runtimes: Vec<String>,
+    pub cgroup_version: String,
+    pub cgroup_driver: String,
+    /// `None` when the engine does not say.
+    pub memory_limit: Option<bool>,
+    pub pids_limit: Option<bool>,
+    pub swap_limit: Option<bool>,
+    pub cpu_cfs_quota: Option<bool>,
+    /// e.g. `name=seccomp,profile=builtin`, `name=rootless`.
+    pub security_options: Vec<String>,
+}
+
+/// Which query failed, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{query}` failed: {message}")]
+pub struct QueryError {
+    /// `version` or `info`.
+    pub query: &'static str,
+    pub message: String,
+}
+
+/// An image as the engine has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageFacts {
+    pub id: String,
+    pub labels: HashMap<String, String>,
+}
+
+/// A connection used only for read-only queries.
+pub struct EngineProbe {
+    docker: Docker,
+}
+
+impl EngineProbe {
+    pub async fn connect(endpoint: Option<&str>) -> Result<EngineProbe, SandboxError> {
+        Ok(EngineProbe {
+            docker: connect_docker(endpoint).await?,
+        })
+    }
+
+    /// `version` and `info`, in that order (the first failure is reported).
+    pub async fn facts(&self) -> Result<EngineFacts, QueryError> {
+        let v = self.docker.version().await.map_err(|e| QueryError {
+            query: "version",
+            message: e.to_string(),
+        })?;
+        let info = self.docker.info().await.map_err(|e| QueryError {
+            query: "info",
+            message: e.to_string(),
+        })?;
+        let mut runtimes: Vec<String> = info
+            .runtimes
+            .as_ref()
+            .map(|r| r.keys().cloned().collect())
+            .unwrap_or_default();
+        runtimes.sort();
+        let text = |s: Option<String>| s.unwrap_or_else(|| "?".into());
+        Ok(EngineFacts {
+            version: text(v.version),
+            api_version: text(v.api_version),
+            kernel: text(v.kernel_version),
+            runtimes,
+            cgroup_version: info
+                .cgroup_version
+                .as_ref()
+                .map(|v| v.to_string())
+                .unwrap_or_default(),
+            cgroup_driver: info
+                .cgroup_driver
+                .as_ref()
+                .map(|v| v.to_string())
+                .unwrap_or_default(),
+            memory_limit: info.memory_limit,
+            pids_limit: info.pids_limit,
+            swap_limit: info.swap_limit,
+            cpu_cfs_quota: info.cpu_cfs_quota,
+            security_options: info.security_options.unwrap_or_default(),
+        })
+    }
+
+    /// The image, or `None` when the engine does not have it.
+    pub async fn image(&self, name: &str) -> Result<Option<ImageFacts>, String> {
+        match self.docker.inspect_image(name).await {
+            Ok(img) => Ok(Some(ImageFacts {
+                id: img.id.unwrap_or_default(),
+                labels: img.config.and_then(|c| c.labels).unwrap_or_default(),
+            })),
+            Err(DockerError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
