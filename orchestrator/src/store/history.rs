@@ -8,7 +8,7 @@
 //!
 //! The turn lock makes "one turn per session at a time" hold across orchestrators sharing one
 //! Redis; a cancel request reaches a turn running on another orchestrator through
-//! `turn_cancel`, which the turn's heartbeat reads. Kept apart from `store.rs` so the agent's
+//! `turn_cancel`, which the turn's heartbeat reads. Kept apart from the rest of the store so the agent's
 //! keys are in one place.
 
 use std::sync::LazyLock;

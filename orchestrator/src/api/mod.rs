@@ -1,0 +1,171 @@
+//! The HTTP API: axum routes, bearer-token auth, Origin checks, the session event stream over
+//! WebSocket and SSE. Handlers translate between HTTP and the engine; nothing here talks to
+//! Docker or Redis directly.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::agent::{Agent, AgentError};
+use crate::engine::{Engine, EngineError, EventStream};
+use crate::policy::{Role, User};
+use crate::store::{CallRecord, StoreError, StoredEvent};
+
+mod agent;
+mod auth;
+mod calls;
+mod error;
+mod sessions;
+mod streams;
+use agent::*;
+pub use auth::AuthUser;
+use auth::*;
+use calls::*;
+pub use error::AppError;
+use error::*;
+use sessions::*;
+use streams::*;
+
+/// The WebSocket subprotocol the server speaks (and echoes back).
+pub const WS_PROTOCOL: &str = "airlock.v1";
+/// Prefix of the subprotocol value that carries a browser's token (never echoed).
+pub const WS_TOKEN_PREFIX: &str = "airlock.token.";
+
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Arc<Engine>,
+    /// The LLM loop (turns started by `POST /v1/sessions/{id}/messages` or the WebSocket).
+    pub agent: Arc<Agent>,
+    pub allowed_origins: Arc<Vec<String>>,
+    /// Cancelled at shutdown so long-lived event streams end and the server can stop.
+    pub shutdown: tokio_util::sync::CancellationToken,
+    /// Open event streams per user (bounded by `limits.max_streams_per_user`).
+    pub streams: StreamCounts,
+}
+
+/// Open event streams (WebSocket or SSE) per user.
+#[derive(Clone, Default)]
+pub struct StreamCounts(Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>);
+
+/// One open event stream; dropping it frees the user's slot.
+struct StreamSlot {
+    counts: StreamCounts,
+    user: String,
+}
+
+impl StreamCounts {
+    fn acquire(&self, user: &str, max: usize) -> Result<StreamSlot, AppError> {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(user.to_string()).or_default();
+        if *n >= max {
+            return Err(AppError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "busy",
+                format!("you already have {max} event streams open; close one first"),
+            ));
+        }
+        *n += 1;
+        Ok(StreamSlot {
+            counts: self.clone(),
+            user: user.to_string(),
+        })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut m = self.counts.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.user) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.user);
+            }
+        }
+    }
+}
+
+/// Builds the router (for the server and for `oneshot` tests).
+pub fn app(state: AppState) -> Router {
+    let max_body = state.engine.limits().max_body_bytes;
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/v1/sessions", post(create_session).get(list_sessions))
+        .route("/v1/sessions/{id}", get(get_session).delete(delete_session))
+        .route(
+            "/v1/sessions/{id}/tool-calls",
+            post(propose).get(list_session_calls),
+        )
+        .route(
+            "/v1/sessions/{id}/messages",
+            post(send_message).get(get_messages),
+        )
+        .route("/v1/sessions/{id}/cancel", post(cancel_turn))
+        .route("/v1/sessions/{id}/events", get(events))
+        .route("/v1/sessions/{id}/grants", post(add_grant).get(list_grants))
+        .route("/v1/tool-calls/{id}", get(get_call))
+        .route("/v1/tool-calls/{id}/decision", post(decide))
+        .route("/v1/tool-calls/{id}/cancel", post(cancel))
+        .route("/v1/audit", get(audit_entries))
+        .merge(crate::web::routes())
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+// ---- health ---------------------------------------------------------------------------------
+
+async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn readyz(State(st): State<AppState>) -> Response {
+    let (redis, docker) = st.engine.readiness().await;
+    let status = if redis && docker {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({"redis": if redis {"ok"} else {"unavailable"}, "docker": if docker {"ok"} else {"unavailable"}})),
+    )
+        .into_response()
+}
+
+async fn metrics(
+    State(st): State<AppState>,
+    AuthUser(user): AuthUser,
+) -> Result<Response, AppError> {
+    if user.role != Role::Admin {
+        return Err(AppError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "metrics are for admins",
+        ));
+    }
+    let text = st.engine.metrics_text().await;
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+}
+
+/// `?after=ID&limit=N`: a resume point in a stream (session events, the audit page).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AfterQuery {
+    pub(super) after: Option<String>,
+    pub(super) limit: Option<usize>,
+}

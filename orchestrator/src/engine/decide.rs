@@ -1,0 +1,199 @@
+//! Deciding: approvals bound to the hash the owner saw, expiry, and cancellation.
+
+use super::*;
+
+impl Engine {
+    /// The owner's decision. Fails closed: anything unexpected leaves the call unapproved.
+    pub async fn decide(
+        self: &Arc<Self>,
+        user: &User,
+        call_id: &str,
+        approve: bool,
+        args_sha256: &str,
+        reason: Option<&str>,
+    ) -> Result<CallRecord, EngineError> {
+        let now = now_ms();
+        // Approving starts the call: it needs a place among the user's concurrent calls
+        // first, or the approval is refused (429) and the call stays pending.
+        let slot = if approve {
+            let (concurrent, _) = self.policy().call_limits(user);
+            Some(self.quotas.reserve(&user.name, concurrent).await?)
+        } else {
+            None
+        };
+        let res = match self
+            .store
+            .decide(call_id, &user.name, args_sha256, approve, reason, now)
+            .await
+        {
+            Err(StoreError::NotFound) => return Err(EngineError::NotFound("tool call")),
+            Err(e @ StoreError::Unavailable(_)) => {
+                // The decision carries `now` as its decided_at_ms: that marks it as this one.
+                let name = user.name.clone();
+                self.settle_unconfirmed(call_id.to_string(), move |c| {
+                    c.decided_at_ms == Some(now) && c.decided_by.as_deref() == Some(name.as_str())
+                });
+                return Err(e.into());
+            }
+            other => other?,
+        };
+        match res {
+            DecisionResult::NotOwner => Err(EngineError::NotFound("tool call")),
+            DecisionResult::HashMismatch { .. } => Err(EngineError::Conflict(
+                "args_sha256 does not match this call: refresh it and decide on what it really does".into(),
+            )),
+            DecisionResult::AlreadyDecided { current } => Err(EngineError::Conflict(format!(
+                "this call was already decided: it is `{current}`"
+            ))),
+            DecisionResult::Expired { call: rec, .. } => {
+                self.discard_prepared(call_id);
+                self.metrics.count_call(&rec.tool, "expired");
+                Err(EngineError::Gone(
+                    "the approval expired: the call was denied; propose it again".into(),
+                ))
+            }
+            DecisionResult::Denied { call: rec, .. } => {
+                self.discard_prepared(call_id);
+                self.metrics.count_call(&rec.tool, "denied");
+                Ok(rec)
+            }
+            DecisionResult::Approved { call: rec, .. } => {
+                // The policy may have changed while the call waited: evaluate it again under
+                // the policy in force now, before anything runs. From here on the audit
+                // records that policy's hash.
+                let policy = self.policy();
+                let call = ToolCall::from_parts(&rec.tool, rec.args.clone())
+                    .map_err(EngineError::BadRequest)?;
+                let grants = self.grants(&rec.session_id).await?;
+                let verdict = policy.evaluate_with_grants(user, &call, &grants);
+                let mut audited = rec.clone();
+                audited.policy_sha256 = policy.sha256.clone();
+                if verdict.decision == Decision::Deny {
+                    self.discard_prepared(call_id);
+                    let error = ErrorInfo::new(
+                        "policy_changed",
+                        format!(
+                            "the policy in force now denies this call (rule `{}`)",
+                            verdict.rule
+                        ),
+                    );
+                    let audit =
+                        self.audit(&audited, "policy", "failed", "denied by the current policy");
+                    let rec = self.fail_call(call_id, error, Some(&audit)).await?;
+                    self.metrics.count_call(&rec.tool, "denied");
+                    return Ok(rec);
+                }
+                let this = self.clone();
+                let u = user.clone();
+                let slot = slot.expect("an approval reserved a slot");
+                self.tasks
+                    .spawn(async move { this.execute(u, audited, slot).await });
+                Ok(rec)
+            }
+        }
+    }
+
+    /// Redis did not confirm a write in time (the API answered 503, "nothing was changed"), but
+    /// the command may still sit in a connection and be applied once Redis answers again. This
+    /// watches the call for a while and undoes such a late write in the fail-closed direction:
+    /// a call it approved, which nobody will run, is failed; a decided call's prepared container
+    /// is stopped. `is_ours` recognises the unconfirmed write in the stored record.
+    pub(super) fn settle_unconfirmed(
+        self: &Arc<Self>,
+        call_id: String,
+        is_ours: impl Fn(&CallRecord) -> bool + Send + 'static,
+    ) {
+        let this = self.clone();
+        self.tasks.spawn(async move {
+            // Give up after Redis has answered this many times without the write showing up,
+            // or after the outage lasts longer than `GIVE_UP`.
+            const ANSWERS: u32 = 20;
+            const GIVE_UP: Duration = Duration::from_secs(600);
+            let started = Instant::now();
+            let mut answers = 0;
+            while answers < ANSWERS && started.elapsed() < GIVE_UP {
+                tokio::select! {
+                    _ = this.stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+                let rec = match this.store.get_call(&call_id).await {
+                    Err(_) => continue,
+                    Ok(None) => {
+                        answers += 1;
+                        continue;
+                    }
+                    Ok(Some(rec)) => rec,
+                };
+                if rec.status == CallStatus::Approved && is_ours(&rec) {
+                    this.discard_prepared(&call_id);
+                    let error = ErrorInfo::new("unconfirmed", "Redis did not confirm the approval in time, so the call was not run; propose it again");
+                    let audit = this.audit(&rec, "system", "failed", "unconfirmed");
+                    let r = this.fail_call(&call_id, error, Some(&audit)).await;
+                    if r.is_ok() {
+                        this.metrics.count_call(&rec.tool, "failed");
+                    }
+                    return;
+                }
+                if rec.status.is_terminal() {
+                    this.discard_prepared(&call_id);
+                    return;
+                }
+                if rec.status != CallStatus::AwaitingApproval {
+                    return; // approved and run by a confirmed decision
+                }
+                answers += 1;
+            }
+        });
+    }
+
+    /// Moves due approvals to `expired` and stops their containers.
+    pub async fn expire_due(&self) -> Result<usize, EngineError> {
+        let expired = self.store.expire_due(now_ms()).await?;
+        for rec in &expired {
+            self.discard_prepared(&rec.id);
+            self.metrics.count_call(&rec.tool, "expired");
+        }
+        Ok(expired.len())
+    }
+
+    /// Cancels a running or pending call of `user`.
+    pub async fn cancel(&self, user: &User, call_id: &str) -> Result<CallRecord, EngineError> {
+        let rec = self.owned_call(user, call_id).await?;
+        if rec.status == CallStatus::Running {
+            let here = self
+                .running
+                .lock()
+                .expect("running lock")
+                .get(call_id)
+                .cloned();
+            match here {
+                Some(t) => t.cancel(),
+                // Another orchestrator runs it: it sees the request at its next sweep.
+                None => self.store.request_call_cancel(call_id).await?,
+            }
+            return Ok(rec);
+        }
+        let audit = self.audit(&rec, &user.name, "cancelled", "cancelled");
+        let (rec, _) = self
+            .store
+            .transition(
+                call_id,
+                CallStatus::Cancelled,
+                &[],
+                Some(ev::Event::CallCancelled(ev::CallState {
+                    call_id: call_id.to_string(),
+                    status: CallStatus::Cancelled,
+                })),
+                Some(&audit),
+            )
+            .await
+            .map_err(|e| match e {
+                StoreError::Conflict { current } => EngineError::Conflict(format!(
+                    "the call is `{current}` and cannot be cancelled"
+                )),
+                other => other.into(),
+            })?;
+        self.discard_prepared(call_id);
+        Ok(rec)
+    }
+}
