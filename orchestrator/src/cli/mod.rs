@@ -1,0 +1,5 @@
+//! The commands of the `airlock` binary that are more than a call into the library.
+
+pub mod policy;
+pub mod sandbox;
+pub mod serve;
