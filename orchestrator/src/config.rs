@@ -35,7 +35,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// The admin policy file (users, tool rules, limits).
     pub policy: PathBuf,
-    /// Origins allowed to open WebSockets (a present Origin header must be listed).
+    /// Origins a browser request may come from: a present Origin header must be listed, on
+    /// every authenticated route (WebSockets included).
     pub allowed_origins: Vec<String>,
     /// Name of this orchestrator instance: labels its containers so only its own are reaped.
     pub instance: String,

@@ -271,11 +271,12 @@ pub async fn run(
     };
     let watcher = spawn_policy_watcher(engine.clone(), config.policy.clone(), stop.clone());
     let state = AppState {
-        engine: engine.clone(),
-        agent: agent.clone(),
-        allowed_origins: Arc::new(config.allowed_origins.clone()),
         shutdown: stop.clone(),
-        streams: Default::default(),
+        ..AppState::new(
+            engine.clone(),
+            agent.clone(),
+            config.allowed_origins.clone(),
+        )
     };
     tracing::info!(addr = %listener.local_addr()?, "airlock listening");
     let stop2 = stop.clone();

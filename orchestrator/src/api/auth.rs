@@ -40,7 +40,21 @@ impl FromRequestParts<AppState> for AuthUser {
     }
 }
 
-/// A present Origin must be allowlisted (refuses cross-site WebSockets).
+/// Middleware on every authenticated route: a request that carries an `Origin` not in
+/// `allowed_origins` (a page on another site) is refused before its token is looked at.
+/// Bearer tokens already keep such pages out; this is the second lock (invariant 8).
+pub(super) async fn refuse_cross_site(
+    State(st): State<AppState>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match check_origin(req.headers(), &st) {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// A present Origin must be allowlisted.
 pub(super) fn check_origin(headers: &HeaderMap, state: &AppState) -> Result<(), AppError> {
     match headers.get(header::ORIGIN) {
         None => Ok(()),

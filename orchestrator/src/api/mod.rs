@@ -56,6 +56,18 @@ pub struct AppState {
     pub streams: StreamCounts,
 }
 
+impl AppState {
+    pub fn new(engine: Arc<Engine>, agent: Arc<Agent>, allowed_origins: Vec<String>) -> AppState {
+        AppState {
+            engine,
+            agent,
+            allowed_origins: Arc::new(allowed_origins),
+            shutdown: tokio_util::sync::CancellationToken::new(),
+            streams: StreamCounts::default(),
+        }
+    }
+}
+
 /// Open event streams (WebSocket or SSE) per user.
 #[derive(Clone, Default)]
 pub struct StreamCounts(Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>);
@@ -98,11 +110,50 @@ impl Drop for StreamSlot {
 }
 
 /// Builds the router (for the server and for `oneshot` tests).
+/// Every route of the API, as (method, path), and whether it needs no token. The router below
+/// mounts exactly these (the HTTP contract tests walk this table, and fail on a route that
+/// answers the fallback's 404).
+pub const ROUTES: &[(&str, &str, Access)] = &[
+    ("GET", "/healthz", Access::Public),
+    ("GET", "/readyz", Access::Public),
+    ("GET", "/metrics", Access::Admin),
+    ("POST", "/v1/sessions", Access::User),
+    ("GET", "/v1/sessions", Access::User),
+    ("GET", "/v1/sessions/{id}", Access::User),
+    ("DELETE", "/v1/sessions/{id}", Access::User),
+    ("POST", "/v1/sessions/{id}/tool-calls", Access::User),
+    ("GET", "/v1/sessions/{id}/tool-calls", Access::User),
+    ("POST", "/v1/sessions/{id}/messages", Access::User),
+    ("GET", "/v1/sessions/{id}/messages", Access::User),
+    ("POST", "/v1/sessions/{id}/cancel", Access::User),
+    ("GET", "/v1/sessions/{id}/events", Access::User),
+    ("POST", "/v1/sessions/{id}/grants", Access::User),
+    ("GET", "/v1/sessions/{id}/grants", Access::User),
+    ("GET", "/v1/tool-calls/{id}", Access::User),
+    ("POST", "/v1/tool-calls/{id}/decision", Access::User),
+    ("POST", "/v1/tool-calls/{id}/cancel", Access::User),
+    ("GET", "/v1/audit", Access::Admin),
+    ("GET", "/", Access::Public),
+    ("GET", "/index.html", Access::Public),
+    ("GET", "/assets/app.js", Access::Public),
+    ("GET", "/assets/app.css", Access::Public),
+    ("GET", "/assets/icon.svg", Access::Public),
+];
+
+/// Who may use a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// No token: health checks and the web UI's static files.
+    Public,
+    /// Any user's token.
+    User,
+    /// An admin's token (others get 403).
+    Admin,
+}
+
 pub fn app(state: AppState) -> Router {
     let max_body = state.engine.limits().max_body_bytes;
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+    let authenticated = Router::new()
         .route("/metrics", get(metrics))
         .route("/v1/sessions", post(create_session).get(list_sessions))
         .route("/v1/sessions/{id}", get(get_session).delete(delete_session))
@@ -121,8 +172,17 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/tool-calls/{id}/decision", post(decide))
         .route("/v1/tool-calls/{id}/cancel", post(cancel))
         .route("/v1/audit", get(audit_entries))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            refuse_cross_site,
+        ));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .merge(authenticated)
         .merge(crate::web::routes())
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
 }

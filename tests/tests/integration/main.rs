@@ -7,6 +7,7 @@ mod deploy;
 mod escapes;
 mod exhaustion;
 mod helpers;
+mod http;
 mod lifecycle;
 mod policy;
 mod posture;
