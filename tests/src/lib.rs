@@ -33,6 +33,49 @@ pub struct TestSandbox {
     _slot: SemaphorePermit<'static>,
 }
 
+/// How often [`wait_until`] looks again.
+pub const POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Polls `probe` every [`POLL`] until it gives `Ok`; after `within`, panics with `what` and the
+/// last `Err` (what the probe saw, so a failure says where things stood). The one poll loop of
+/// the suite: tests wait on the state that matters rather than sleeping.
+pub async fn wait_until<T, F, Fut>(what: &str, within: std::time::Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let last = match probe().await {
+            Ok(v) => return v,
+            Err(seen) => seen,
+        };
+        if tokio::time::Instant::now() >= deadline {
+            panic!("{what}: not within {within:?}; last seen: {last}");
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// [`wait_until`] for code outside a runtime (a probe that runs commands).
+pub fn wait_until_blocking<T>(
+    what: &str,
+    within: std::time::Duration,
+    mut probe: impl FnMut() -> Result<T, String>,
+) -> T {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let last = match probe() {
+            Ok(v) => return v,
+            Err(seen) => seen,
+        };
+        if std::time::Instant::now() >= deadline {
+            panic!("{what}: not within {within:?}; last seen: {last}");
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -445,19 +445,17 @@ impl Api {
         want: &[&str],
         within: Duration,
     ) -> Value {
-        let deadline = Instant::now() + within;
-        loop {
+        let what = format!("call {call} reaching one of {want:?}");
+        crate::wait_until(&what, within, || async {
             let c = self.get_call(token, call).await;
             let status = c["status"].as_str().unwrap_or_default();
             if want.contains(&status) {
-                return c;
+                Ok(c)
+            } else {
+                Err(format!("`{status}`: {c:#}"))
             }
-            assert!(
-                Instant::now() < deadline,
-                "call {call} is `{status}` after {within:?}, expected one of {want:?}: {c:#}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        })
+        .await
     }
 
     /// The session's events (`GET /v1/sessions/{id}`); panics on one that is not an
