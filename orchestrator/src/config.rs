@@ -45,6 +45,7 @@ pub struct Config {
     pub redis: RedisConfig,
     pub docker: DockerConfig,
     pub limits: LimitsConfig,
+    pub pool: PoolSettings,
     pub llm: LlmConfig,
 }
 
@@ -63,7 +64,44 @@ impl Default for Config {
             redis: RedisConfig::default(),
             docker: DockerConfig::default(),
             limits: LimitsConfig::default(),
+            pool: PoolSettings::default(),
             llm: LlmConfig::default(),
+        }
+    }
+}
+
+/// The warm pool: started, idle one-shot containers for calls that need no approval (reads,
+/// previews, read-only shell commands), so they answer in milliseconds. Each idle container
+/// costs a runtime shim on the host (`airlock doctor` shows how much).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolSettings {
+    /// Idle containers kept per key (user, workspace, image, runtime, limits, protected
+    /// paths); 0 turns the pool off.
+    pub per_key: usize,
+    /// Idle containers kept in all; counted against `limits.max_containers` (and given up at
+    /// once when a call needs a place), so it must be below it.
+    pub max_idle: usize,
+    /// A key nobody took a container from for this long is emptied.
+    pub idle_secs: u64,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        PoolSettings {
+            per_key: 2,
+            max_idle: 8,
+            idle_secs: 120,
+        }
+    }
+}
+
+impl PoolSettings {
+    pub fn sandbox(&self) -> crate::sandbox::PoolConfig {
+        crate::sandbox::PoolConfig {
+            per_key: self.per_key,
+            max_idle: self.max_idle,
+            idle: std::time::Duration::from_secs(self.idle_secs),
         }
     }
 }
@@ -384,6 +422,24 @@ impl Config {
         }
         if l.max_args_bytes > l.max_body_bytes {
             return bad("limits.max_args_bytes cannot exceed limits.max_body_bytes".into());
+        }
+        let p = &self.pool;
+        if p.per_key > 0 {
+            if p.max_idle == 0 || p.per_key > p.max_idle {
+                return bad(format!(
+                    "pool.per_key ({}) must be at most pool.max_idle ({}) (per_key = 0 turns the pool off)",
+                    p.per_key, p.max_idle
+                ));
+            }
+            if p.max_idle >= l.max_containers {
+                return bad(format!(
+                    "pool.max_idle ({}) must be below limits.max_containers ({}): idle containers count against it",
+                    p.max_idle, l.max_containers
+                ));
+            }
+            if p.idle_secs == 0 {
+                return bad("pool.idle_secs must be at least 1".into());
+            }
         }
         let m = &self.llm;
         if let Some(url) = &m.base_url {

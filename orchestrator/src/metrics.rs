@@ -161,6 +161,31 @@ fn escape(s: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// The warm pool's counters (`sandbox::pool`).
+pub fn render_pool(p: &crate::sandbox::PoolStats) -> String {
+    let mut out = String::new();
+    out += "# HELP airlock_pool_takes_total Calls that wanted a warm container, by result.\n";
+    out += "# TYPE airlock_pool_takes_total counter\n";
+    let _ = writeln!(out, "airlock_pool_takes_total{{result=\"hit\"}} {}", p.hits);
+    let _ = writeln!(
+        out,
+        "airlock_pool_takes_total{{result=\"miss\"}} {}",
+        p.misses
+    );
+    out += "# HELP airlock_pool_idle_containers Started, idle containers waiting for a call.\n";
+    out += "# TYPE airlock_pool_idle_containers gauge\n";
+    let _ = writeln!(out, "airlock_pool_idle_containers {}", p.idle);
+    out += "# HELP airlock_pool_discards_total Idle containers removed unused, by reason.\n";
+    out += "# TYPE airlock_pool_discards_total counter\n";
+    for (reason, n) in &p.discards {
+        let _ = writeln!(
+            out,
+            "airlock_pool_discards_total{{reason=\"{reason}\"}} {n}"
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

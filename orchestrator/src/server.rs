@@ -62,6 +62,7 @@ pub async fn build(config: &Config) -> Result<Arc<Engine>, ServerError> {
         image: config.docker.image.clone(),
         instance: config.instance.clone(),
         max_containers: config.limits.max_containers,
+        pool: config.pool.sandbox(),
     })
     .await?;
     admit_policy(&sandbox, &policy)

@@ -126,6 +126,7 @@ pub async fn sandbox() -> TestSandbox {
         image: TEST_IMAGE.into(),
         instance: instance.clone(),
         max_containers: 2,
+        pool: airlock::sandbox::PoolConfig::disabled(),
     })
     .await
     .unwrap_or_else(|e| {

@@ -49,6 +49,11 @@ pub struct ServerOptions {
     /// A whole policy to use instead of `tools` (e.g. policies/default.toml); the users are
     /// appended to it.
     pub base_policy: Option<String>,
+    /// `limits.max_containers`.
+    pub max_containers: usize,
+    /// `[pool]` per_key and max_idle; `(0, 0)` (the default): no warm pool, so the tests that
+    /// count containers see only the calls' own.
+    pub pool: (usize, usize),
 }
 
 /// read_file / list_dir allowed, search denied by policy, the rest asks.
@@ -71,6 +76,8 @@ impl Default for ServerOptions {
             persistent_redis: false,
             tools: DEFAULT_TOOLS.to_vec(),
             base_policy: None,
+            max_containers: 2,
+            pool: (0, 0),
         }
     }
 }
@@ -217,11 +224,12 @@ impl Fixture {
              max_args_bytes = {args}\n\
              max_running_per_user = 2\n\
              max_running_total = 4\n\
-             max_containers = 2\n\
+             max_containers = {containers}\n\
              max_prepared = 1\n\
              approval_ttl_secs = {ttl}\n\
              queue_wait_secs = 30\n\
-             max_streams_per_user = {streams}\n",
+             max_streams_per_user = {streams}\n\
+             \n[pool]\nper_key = {per_key}\nmax_idle = {max_idle}\nidle_secs = 120\n",
             port = self.port,
             data = self.dir.path().display(),
             instance = self.instance,
@@ -230,6 +238,9 @@ impl Fixture {
             args = l.max_args_bytes,
             ttl = l.approval_ttl_secs,
             streams = l.max_streams_per_user,
+            containers = l.max_containers,
+            per_key = l.pool.0,
+            max_idle = l.pool.1,
         );
         std::fs::write(&self.config_path, config).expect("write the config");
     }

@@ -169,6 +169,7 @@ pub async fn sandbox_run(docker: Option<String>, a: RunArgs) -> anyhow::Result<E
         image: a.image,
         instance: "cli".into(),
         max_containers: 1,
+        ..SandboxConfig::default()
     })
     .await?;
     let spec = CallSpec {

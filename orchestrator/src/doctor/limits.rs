@@ -154,6 +154,7 @@ pub(super) async fn check_limits(
         image: config.docker.image.clone(),
         instance: format!("doctor-{}", std::process::id()),
         max_containers: 1,
+        pool: crate::sandbox::PoolConfig::disabled(),
     })
     .await
     {

@@ -159,6 +159,8 @@ impl Engine {
     pub fn set_policy(&self, p: Policy) {
         *self.policy.write().expect("policy lock") = Arc::new(p);
         *self.policy_error.lock().expect("policy error lock") = None;
+        // No call runs in a container made under the old policy.
+        self.sandbox.pool_clear_policy();
     }
 
     /// Records why a new version of the policy file was rejected (the old one stays).
@@ -230,6 +232,7 @@ impl Engine {
                 p.discard().await;
             }
         }
+        self.sandbox.close_pool();
         self.sandbox.drain().await;
     }
 
@@ -263,6 +266,7 @@ impl Engine {
         let pending = self.store.pending_count().await.ok();
         self.metrics
             .render(self.sandbox.containers_in_use(), pending)
+            + &crate::metrics::render_pool(&self.sandbox.pool_stats())
     }
 
     /// The calls of a session `user` owns, oldest first.

@@ -61,6 +61,7 @@ impl Engine {
     /// running calls someone asked to cancel are stopped, and containers prepared for
     /// approvals that were decided (or expired, or cancelled) elsewhere are removed.
     pub async fn reconcile(&self) -> Result<(), EngineError> {
+        self.sandbox.pool_sweep();
         // The user's places held by calls this process runs stay taken while it lives.
         self.quotas.renew().await?;
         let running: Vec<String> = self

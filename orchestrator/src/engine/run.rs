@@ -128,7 +128,8 @@ impl Engine {
                 if let Some(old) = stale {
                     tokio::spawn(old.discard());
                 }
-                self.sandbox.prepare(&profile, &spec).await?
+                // Allowed read-only calls take a warm container when the pool has one.
+                self.sandbox.acquire(&profile, &spec).await?
             }
         };
         let sent = Instant::now();

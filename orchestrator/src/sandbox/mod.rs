@@ -5,6 +5,7 @@
 
 pub mod engine;
 pub mod image;
+pub mod pool;
 pub mod profile;
 mod views;
 
@@ -23,11 +24,12 @@ use bollard::query_parameters::{
     ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, WaitContainerOptions,
 };
 use bollard::Docker;
-use futures_util::{Stream, StreamExt};
+use futures_util::{FutureExt, Stream, StreamExt};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+pub use pool::{Discard, PoolConfig, PoolStats};
 pub use profile::{locked_container_config, CallSpec, Profile, Runtime};
 
 /// Errors of the sandbox layer.
@@ -59,6 +61,11 @@ pub enum SandboxError {
     /// changed since the survey): nothing ran. [`Sandbox::send`] surveys and retries once.
     #[error("{0}")]
     Stale(String),
+    /// The container's executor was gone before it read the request (it died while idle or
+    /// while an approval was pending): nothing ran. [`Sandbox::send`] retries once in a fresh
+    /// container.
+    #[error("the container's executor was gone before the request reached it: {0}")]
+    NotStarted(String),
     /// The survey of the workspace's protected paths failed (a stable executor error code):
     /// no container for the call was made.
     #[error("{message}")]
@@ -125,6 +132,9 @@ pub struct SandboxConfig {
     pub instance: String,
     /// Most containers alive at once (created, running or being removed).
     pub max_containers: usize,
+    /// The warm pool for calls that need no approval (off by default here; the server's
+    /// config turns it on).
+    pub pool: PoolConfig,
 }
 
 impl Default for SandboxConfig {
@@ -134,6 +144,7 @@ impl Default for SandboxConfig {
             image: image::DEFAULT_TAG.to_string(),
             instance: "default".to_string(),
             max_containers: 32,
+            pool: PoolConfig::disabled(),
         }
     }
 }
@@ -175,6 +186,7 @@ struct Inner {
     max_containers: usize,
     runtimes: Vec<String>,
     views: views::Views,
+    pool: pool::Pool,
 }
 
 /// A handle to the sandbox; cheap to clone.
@@ -210,6 +222,7 @@ impl Sandbox {
                 max_containers: config.max_containers.max(1),
                 runtimes,
                 views: views::Views::default(),
+                pool: pool::Pool::new(config.pool.clone()),
             }),
         })
     }
@@ -317,6 +330,108 @@ impl Sandbox {
         Ok(removed)
     }
 
+    /// A started container for a call that runs now: an idle one from the warm pool when one
+    /// for this key is there (and its executor still waits), else a new one; either way the
+    /// pool is refilled in the background. Writable containers are never pooled.
+    pub async fn acquire(
+        &self,
+        profile: &Profile,
+        spec: &CallSpec,
+    ) -> Result<Prepared, SandboxError> {
+        if spec.writable || !self.inner.pool.config().enabled() {
+            return self.prepare(profile, spec).await;
+        }
+        let image_id = self.image_for(profile)?;
+        let key = pool::key(&image_id, profile, spec);
+        let generation = self.inner.views.state(&spec.workspace).generation();
+        let (got, removed) = self.inner.pool.take(&key, generation);
+        drop(removed);
+        match got {
+            Some(p) => {
+                self.refill(key, profile, spec);
+                Ok(p)
+            }
+            None => {
+                // The call goes first; the refill starts once its container is up.
+                let p = self.prepare(profile, spec).await;
+                self.refill(key, profile, spec);
+                p
+            }
+        }
+    }
+
+    /// Starts the containers `key` lacks, in the background, each only if a place among
+    /// `max_containers` is free right now: a refill never waits, so a burst degrades to cold
+    /// calls instead of queuing behind refills.
+    fn refill(&self, key: pool::PoolKey, profile: &Profile, spec: &CallSpec) {
+        let n = self.inner.pool.reserve(&key, &spec.workspace);
+        for _ in 0..n {
+            let this = self.clone();
+            let (key, profile, spec) = (key.clone(), profile.clone(), pool::pool_spec(spec));
+            tokio::spawn(async move {
+                let epoch = this.inner.pool.epoch();
+                let generation = this.inner.views.state(&spec.workspace).generation();
+                // Only a survey already made: a refill never surveys (the cold call did).
+                let view = match this.inner.views.cached(&profile, &spec) {
+                    Some(v) => v,
+                    None if spec.protected.is_empty() => SandboxView::default(),
+                    None => return this.inner.pool.unreserve(&key),
+                };
+                let Ok(permit) = this.inner.limit.clone().try_acquire_owned() else {
+                    return this.inner.pool.unreserve(&key);
+                };
+                match this.create(&profile, &spec, Some(view), Some(permit)).await {
+                    Ok(p) => drop(this.inner.pool.put(&key, p, epoch, generation)),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "a warm-pool refill failed");
+                        this.inner.pool.unreserve(&key);
+                    }
+                }
+            });
+        }
+    }
+
+    /// Removes every idle pooled container (a policy reload: none made under the old policy
+    /// serves a call; refills in flight are dropped when they finish).
+    pub fn pool_clear_policy(&self) {
+        drop(self.inner.pool.clear(Discard::Policy, false));
+    }
+
+    /// Removes every idle pooled container and refuses refills from now on (shutdown).
+    pub fn close_pool(&self) {
+        drop(self.inner.pool.clear(Discard::Shutdown, true));
+    }
+
+    /// Empties keys idle past the pool's timeout and drops containers of workspaces a writer
+    /// changed since they were made (the engine calls this at every sweep).
+    pub fn pool_sweep(&self) {
+        let views = &self.inner.views;
+        drop(self.inner.pool.sweep(|ws| views.state(ws).generation()));
+    }
+
+    pub fn pool_stats(&self) -> PoolStats {
+        self.inner.pool.stats()
+    }
+
+    pub fn pool_config(&self) -> &PoolConfig {
+        self.inner.pool.config()
+    }
+
+    /// A place among `max_containers`: a free one, else one an idle pooled container gives up
+    /// (a call that needs a container never waits behind the pool), else the next one freed.
+    async fn place(&self) -> OwnedSemaphorePermit {
+        if let Ok(p) = self.inner.limit.clone().try_acquire_owned() {
+            return p;
+        }
+        drop(self.inner.pool.evict_one());
+        self.inner
+            .limit
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the sandbox semaphore is never closed")
+    }
+
     /// Creates, attaches to and starts a container for `spec`, with masks over the workspace's
     /// protected paths (surveyed first when this workspace has no survey yet). The executor
     /// inside blocks on stdin until [`Prepared::send`]: nothing touches the workspace before
@@ -346,7 +461,7 @@ impl Sandbox {
                 .iter()
                 .any(|m| m.protection == Protection::ReadOnly);
         if !views_needed {
-            return self.create(profile, spec, Some(view)).await;
+            return self.create(profile, spec, Some(view), None).await;
         }
         // A read-only view's source is a workspace path, which the engine resolves on the host
         // when it mounts it: a writer swapping it for a symlink at that moment would mount a
@@ -359,7 +474,7 @@ impl Sandbox {
             Some(v) => v,
             None => self.survey(profile, spec, true).await?,
         };
-        self.create(profile, spec, Some(view)).await
+        self.create(profile, spec, Some(view), None).await
     }
 
     /// Lists the masks `spec`'s workspace needs, in a read-only container without masks, and
@@ -386,7 +501,7 @@ impl Sandbox {
             }))
         };
         let (events, outcome) = self
-            .create(profile, &s, None)
+            .create(profile, &s, None, None)
             .await?
             .send(&req)
             .await?
@@ -441,7 +556,17 @@ impl Sandbox {
         spec: &CallSpec,
         request: &Request,
     ) -> Result<CallHandle, SandboxError> {
+        if spec.writable {
+            // A writer is about to change this workspace: its idle read-only containers may
+            // carry a mask set the write makes stale.
+            drop(self.inner.pool.clear_workspace(&spec.workspace));
+        }
         match prepared.send(request).await {
+            Err(SandboxError::NotStarted(why)) => {
+                tracing::info!(call_id = %spec.call_id, reason = %why, "the container's executor was gone; running the call in a fresh one");
+                self.inner.pool.count(Discard::Dead, 1);
+                self.prepare(profile, spec).await?.send(request).await
+            }
             Err(SandboxError::Stale(why)) => {
                 tracing::info!(call_id = %spec.call_id, reason = %why, "masks were stale; surveying the workspace again");
                 self.inner.views.forget(profile, spec);
@@ -462,6 +587,7 @@ impl Sandbox {
         profile: &Profile,
         spec: &CallSpec,
         view: Option<SandboxView>,
+        permit: Option<OwnedSemaphorePermit>,
     ) -> Result<Prepared, SandboxError> {
         profile::validate(profile)?;
         if !spec.workspace.is_absolute() {
@@ -481,13 +607,10 @@ impl Sandbox {
             ));
         }
         let image_id = self.image_for(profile)?;
-        let permit = self
-            .inner
-            .limit
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the sandbox semaphore is never closed");
+        let permit = match permit {
+            Some(p) => p,
+            None => self.place().await,
+        };
         let docker = &self.inner.docker;
         let masks = view.as_ref().map(|v| v.masks.as_slice()).unwrap_or(&[]);
         let config = locked_container_config(&image_id, &self.inner.instance, profile, spec, masks);
@@ -523,14 +646,15 @@ impl Sandbox {
         })
     }
 
-    /// Prepares a container and sends `request` at once (a call that needs no approval).
+    /// Takes a container ([`Sandbox::acquire`]: pooled when it can be) and sends `request`
+    /// at once (a call that needs no approval, a preview).
     pub async fn run(
         &self,
         profile: &Profile,
         spec: &CallSpec,
         request: &Request,
     ) -> Result<CallHandle, SandboxError> {
-        let prepared = self.prepare(profile, spec).await?;
+        let prepared = self.acquire(profile, spec).await?;
         self.send(prepared, profile, spec, request).await
     }
 }
@@ -621,6 +745,12 @@ impl Prepared {
         &self.protected
     }
 
+    /// Whether the executor still waits for its request: its attach stream is open and it
+    /// has written nothing (an idle executor writes nothing before its request).
+    pub(crate) fn executor_waiting(&mut self) -> bool {
+        self.output.next().now_or_never().is_none()
+    }
+
     /// Writes the request (with the container's masks); the deadline starts now. Events
     /// arrive on the returned handle. The executor's mask check comes first: a stale view is
     /// [`SandboxError::Stale`] (nothing ran; [`Sandbox::send`] retries once).
@@ -645,8 +775,12 @@ impl Prepared {
         };
         let mut line = serde_json::to_vec(&request).expect("requests always serialize");
         line.push(b'\n');
-        self.input.write_all(&line).await?;
-        self.input.flush().await?;
+        if let Err(e) = self.input.write_all(&line).await {
+            return Err(SandboxError::NotStarted(e.to_string()));
+        }
+        if let Err(e) = self.input.flush().await {
+            return Err(SandboxError::NotStarted(e.to_string()));
+        }
         let started = Instant::now();
         let (tx, rx) = mpsc::channel(64);
         let cancel = CancellationToken::new();
@@ -680,6 +814,13 @@ impl Prepared {
                     code: ErrorCode::StaleSandbox,
                     message,
                 })) => return Err(SandboxError::Stale(message)),
+                // The stream ended before the executor read the request: nothing ran.
+                Some(SandboxEvent::Finished(o)) if !o.timed_out && !o.cancelled => {
+                    return Err(SandboxError::NotStarted(
+                        o.protocol_error
+                            .unwrap_or_else(|| format!("exit status {:?}", o.exit_code)),
+                    ))
+                }
                 other => handle.pending = other,
             }
         }

@@ -10,6 +10,7 @@ mod helpers;
 mod http;
 mod lifecycle;
 mod policy;
+mod pool;
 mod posture;
 mod protected;
 mod store;
