@@ -502,6 +502,10 @@ pub struct RunShellResult {
     pub changes: Vec<FileChange>,
     /// True when the workspace was too large to snapshot entirely.
     pub changes_truncated: bool,
+    /// Processes the OOM killer ended in the container while the command ran (`None` when
+    /// the container cannot read its memory cgroup, e.g. under gVisor).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oom_kills: Option<u64>,
 }
 
 #[cfg(test)]

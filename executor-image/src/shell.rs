@@ -49,6 +49,7 @@ pub fn run_shell(
         .map(|s| !s.f_flag.contains(StatVfsMountFlags::RDONLY))
         .unwrap_or(false);
     let before = writable.then(|| Snapshot::take(ctx.ws.root_fd(), ctx.prot, ctx.limits));
+    let oom_before = oom_kills();
 
     // stdin: a pipe whose write end is closed reads as EOF, like /dev/null, without needing
     // /dev to exist in the image.
@@ -180,6 +181,25 @@ pub fn run_shell(
         signal: status.signal(),
         changes,
         changes_truncated,
+        oom_kills: oom_before
+            .zip(oom_kills())
+            .map(|(b, a)| a.saturating_sub(b)),
+    })
+}
+
+/// How many times the OOM killer has struck in this container's memory cgroup (v2:
+/// `memory.events`, v1: `memory.oom_control`), when the container can read it.
+fn oom_kills() -> Option<u64> {
+    [
+        "/sys/fs/cgroup/memory.events",
+        "/sys/fs/cgroup/memory/memory.oom_control",
+    ]
+    .iter()
+    .find_map(|p| {
+        std::fs::read_to_string(p).ok()?.lines().find_map(|l| {
+            l.strip_prefix("oom_kill ")
+                .and_then(|n| n.trim().parse().ok())
+        })
     })
 }
 

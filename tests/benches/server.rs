@@ -122,16 +122,18 @@ async fn main() {
     let secs = env_num("AIRLOCK_BENCH_SECS", 10);
     let opts = ServerOptions {
         max_streams_per_user: 256,
+        max_containers: 24,
+        pool: (2, 8),
         ..ServerOptions::default()
     }
-    .tool("write_file", "ask");
+    .tool("write_file", "ask")
+    .tool("run_shell", "allow");
     let fx = Fixture::new(opts).await;
     // Room for 8 concurrent sessions (the test fixture's limits are deliberately tiny).
     let cfg = std::fs::read_to_string(&fx.config_path).expect("config");
     let cfg = cfg
         .replace("max_running_per_user = 2", "max_running_per_user = 8")
         .replace("max_running_total = 4", "max_running_total = 16")
-        .replace("max_containers = 2", "max_containers = 24")
         .replace("max_prepared = 1", "max_prepared = 16");
     std::fs::write(&fx.config_path, cfg).expect("config");
     fx.alice
@@ -165,18 +167,60 @@ async fn main() {
 
     let session = api.session(&token).await;
     let mut ws = ws_connect(&base_ws, &session, &token).await;
+    let admin = fx.admin.token.clone();
+    // Not timed: waits until the pool holds its two idle containers for alice again, so a
+    // refill never runs during a timed call or the baseline.
+    let settle = || async {
+        let t = Instant::now();
+        loop {
+            let m = api.get("/metrics", &admin).await.text;
+            let idle = m
+                .lines()
+                .find_map(|l| l.strip_prefix("airlock_pool_idle_containers "))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+            if idle >= 2 {
+                return;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "the pool did not refill"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    // The first call of alice's key runs cold and fills the pool.
+    api.propose_ok(&token, &session, "read_file", json!({"path": "bench.txt"}))
+        .await;
+    settle().await;
 
     let (mut allowed, mut approve, mut direct, mut baseline, mut overhead) =
         (vec![], vec![], vec![], vec![], vec![]);
+    let (mut shell, mut miss) = (vec![], vec![]);
     eprintln!("latency: {n} interleaved iterations (+1 warm-up)");
     for i in 0..=n {
-        // Allowed call: POST returns the finished call.
+        // Allowed call from the pool: POST returns the finished call.
         let t = Instant::now();
         let r = api
             .propose_ok(&token, &session, "read_file", json!({"path": "bench.txt"}))
             .await;
         let d_allowed = t.elapsed();
         assert_eq!(r["status"], "succeeded", "{r}");
+        settle().await;
+
+        // An allowed read-only shell command from the pool.
+        let t = Instant::now();
+        let r = api
+            .propose_ok(
+                &token,
+                &session,
+                "run_shell",
+                json!({"command": "cat bench.txt"}),
+            )
+            .await;
+        let d_shell = t.elapsed();
+        assert_eq!(r["status"], "succeeded", "{r}");
+        settle().await;
 
         // Approval path: propose, let the container start while "the user reads", approve.
         let c = api
@@ -203,6 +247,15 @@ async fn main() {
         let d_approve = t.elapsed();
         assert_eq!(fin["data"]["status"], "succeeded", "{fin}");
 
+        // The write discarded alice's idle containers: this read is a pool miss (cold).
+        let t = Instant::now();
+        let r = api
+            .propose_ok(&token, &session, "read_file", json!({"path": "bench.txt"}))
+            .await;
+        let d_miss = t.elapsed();
+        assert_eq!(r["status"], "succeeded", "{r}");
+        settle().await;
+
         // Direct sandbox call (no server) for the overhead.
         let t = Instant::now();
         let mut h = sandbox
@@ -222,10 +275,12 @@ async fn main() {
             continue; // warm-up
         }
         allowed.push(d_allowed);
+        shell.push(d_shell);
+        miss.push(d_miss);
         approve.push(d_approve);
         direct.push(d_direct);
         baseline.push(d_base);
-        overhead.push(d_allowed.saturating_sub(d_direct));
+        overhead.push(d_miss.saturating_sub(d_direct));
         eprint!("\r{i}/{n}");
     }
     eprintln!();
@@ -233,14 +288,36 @@ async fn main() {
     println!("\n== latency (n = {n}, read_file / write_file of a small file, runc) ==");
     line("docker run --rm (baseline)", &baseline, base);
     line("approve -> result (prepared)", &approve, base);
-    line("allowed call via HTTP (cold)", &allowed, base);
+    line("allowed read_file (pool hit)", &allowed, base);
+    line("allowed run_shell (pool hit)", &shell, base);
+    line("allowed read_file (pool miss)", &miss, base);
     line("direct sandbox call (cold)", &direct, base);
     println!(
         "{:<34} p50 {:>8.1} ms   p99 {:>8.1} ms",
-        "orchestrator overhead per call",
+        "orchestrator overhead (miss-direct)",
         ms(percentile(&overhead, 0.5)),
         ms(percentile(&overhead, 0.99))
     );
+
+    // What an idle pooled container costs the host: its cgroup's memory and its runtime shim.
+    settle().await;
+    let probe = airlock::sandbox::engine::EngineProbe::connect(None)
+        .await
+        .expect("docker");
+    println!("\n== idle pooled containers ==");
+    for id in fx.containers(Some("pool")).await {
+        let mem = probe.container_memory(&id).await;
+        let shim = airlock::sandbox::engine::shim_rss_kib(&id);
+        println!(
+            "container {}: cgroup memory {}, runtime shim RSS {}",
+            &id[..12],
+            mem.map_or("?".into(), |b| format!("{:.1} MiB", b as f64 / 1048576.0)),
+            shim.map_or("? (not visible)".into(), |k| format!(
+                "{:.1} MiB",
+                k as f64 / 1024.0
+            )),
+        );
+    }
 
     // Throughput: 8 sessions calling as fast as they can, then 8 docker run loops.
     eprintln!("throughput: {secs} s per side");

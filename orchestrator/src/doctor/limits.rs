@@ -9,6 +9,7 @@ use airlock_executor::protocol::{Event, Mode, Request, StreamKind, ToolCall, Too
 use super::*;
 use crate::config::Config;
 use crate::policy::Policy;
+use crate::sandbox::engine::{shim_rss_kib, EngineProbe};
 use crate::sandbox::{CallSpec, Outcome, Profile, Runtime, Sandbox, SandboxConfig, SandboxError};
 
 /// The directory mounted (read-only) as the probes' workspace, and the uid they run as.
@@ -335,5 +336,71 @@ pub(super) async fn check_limits(
             ),
         }
     }
+    idle_container_cost(report, config, &sandbox, &dir, &base).await;
     sandbox.drain().await;
+}
+
+/// The warm pool's settings and what one idle container costs on this host: its cgroup's
+/// memory and its runtime shim's (an idle container is exactly what `prepare` makes).
+async fn idle_container_cost(
+    report: &mut Report,
+    config: &Config,
+    sandbox: &Sandbox,
+    dir: &ProbeDir,
+    profile: &Profile,
+) {
+    let p = &config.pool;
+    if p.per_key == 0 {
+        report.ok(
+            LIMITS,
+            "warm pool: off (pool.per_key = 0); every allowed call starts a container",
+        );
+        return;
+    }
+    let spec = CallSpec {
+        workspace: dir.path.clone(),
+        writable: false,
+        session_id: "doctor".into(),
+        call_id: uuid::Uuid::new_v4().to_string(),
+        tool: "pool".into(),
+        protected: Vec::new(),
+    };
+    let settings = format!(
+        "warm pool: {} idle container(s) per key, {} in all, emptied after {} s unused",
+        p.per_key, p.max_idle, p.idle_secs
+    );
+    let prepared = match sandbox.prepare(profile, &spec).await {
+        Ok(c) => c,
+        Err(e) => {
+            report.warn(
+                LIMITS,
+                format!("{settings}; the cost of an idle container was not measured: {e}"),
+                "see the probes above",
+            );
+            return;
+        }
+    };
+    // Let the executor settle into its wait before measuring.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let id = prepared.container_id().to_string();
+    let engine = EngineProbe::connect(config.docker.endpoint.as_deref())
+        .await
+        .ok();
+    let mem = match &engine {
+        Some(e) => e.container_memory(&id).await,
+        None => None,
+    };
+    let shim = shim_rss_kib(&id);
+    prepared.discard().await;
+    let mib = |b: f64| format!("{:.1} MiB", b / 1048576.0);
+    let each = mem.unwrap_or(0) as f64 + shim.unwrap_or(0) as f64 * 1024.0;
+    report.ok(
+        LIMITS,
+        format!(
+            "{settings}; one idle container costs {} (cgroup) + {} (runtime shim), so a full pool about {}",
+            mem.map_or("? ".into(), |b| mib(b as f64)),
+            shim.map_or("? (the shim is not visible from here)".into(), |k| mib(k as f64 * 1024.0)),
+            mib(each * p.max_idle as f64),
+        ),
+    );
 }

@@ -143,8 +143,10 @@ impl Engine {
         let mut outcome = None;
         // File tools are finished when the executor reports: their container's exit status,
         // OOM flag and removal add nothing but ~40 ms of Docker round trips, so they are left
-        // to a background drain. run_shell waits for the full outcome (OOM, timeout).
-        let early_finish = !matches!(call, ToolCall::RunShell(_));
+        // to a background drain. So is a shell command the executor saw exit 0 with no OOM
+        // kill in its container (it reads the memory cgroup's counter); any other run_shell
+        // waits for the full outcome (OOM, timeout, the container's exit status).
+        let is_shell = matches!(call, ToolCall::RunShell(_));
         let masks = handle.masks();
         let merged = handle.merged_masks().to_vec();
         while let Some(ev) = handle.next().await {
@@ -179,7 +181,13 @@ impl Engine {
                 SandboxEvent::Finished(o) => outcome = Some(o),
                 SandboxEvent::Executor(Event::Checked { .. } | Event::Survey { .. }) => {}
             }
-            if last && early_finish {
+            let clean_exit = matches!(
+                result.as_ref(),
+                Some(r) if r.get("exit_code") == Some(&json!(0))
+                    && r.get("signal").is_none()
+                    && r.get("oom_kills") == Some(&json!(0))
+            );
+            if last && (!is_shell || clean_exit) {
                 outcome = Some(crate::sandbox::Outcome {
                     exit_code: Some(if error.is_some() { 3 } else { 0 }),
                     duration: sent.elapsed(),

@@ -1,10 +1,13 @@
-//! Read-only facts about the Docker engine and its images, for `airlock doctor`: `version`,
-//! `info` and image inspection. Nothing here creates a container.
+//! Read-only facts about the Docker engine, its images and one container's cost, for
+//! `airlock doctor` and the benchmarks: `version`, `info`, image inspection, a container's
+//! memory (`stats`) and its runtime shim's. Nothing here creates a container.
 
 use std::collections::HashMap;
 
 use bollard::errors::Error as DockerError;
+use bollard::query_parameters::StatsOptionsBuilder;
 use bollard::Docker;
+use futures_util::StreamExt;
 
 use super::{connect_docker, SandboxError};
 
@@ -108,4 +111,40 @@ impl EngineProbe {
             Err(e) => Err(e.to_string()),
         }
     }
+
+    /// The memory a container's cgroup uses now (bytes), as `docker stats` shows it.
+    pub async fn container_memory(&self, id: &str) -> Option<u64> {
+        let opts = StatsOptionsBuilder::default()
+            .stream(false)
+            .one_shot(true)
+            .build();
+        let stats = self.docker.stats(id, Some(opts)).next().await?.ok()?;
+        stats.memory_stats?.usage
+    }
+}
+
+/// The resident memory (KiB) of the runtime shim that serves container `id`, when this process
+/// can see the host's processes (not from inside another container's pid namespace).
+pub fn shim_rss_kib(id: &str) -> Option<u64> {
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let pid = e.file_name();
+        let Some(pid) = pid
+            .to_str()
+            .filter(|p| p.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains("containerd-shim") && cmd.contains(id) {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            return status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok());
+        }
+    }
+    None
 }

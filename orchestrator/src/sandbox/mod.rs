@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use airlock_executor::protocol::{
-    ErrorCode, Event, ListDirArgs, Protection, Request, SandboxView, ToolCall,
+    ErrorCode, Event, ListDirArgs, Protection, Request, SandboxView, ToolCall, ToolResult,
 };
 use bollard::container::LogOutput;
 use bollard::errors::Error as DockerError;
@@ -346,18 +346,15 @@ impl Sandbox {
         let generation = self.inner.views.state(&spec.workspace).generation();
         let (got, removed) = self.inner.pool.take(&key, generation);
         drop(removed);
-        match got {
-            Some(p) => {
-                self.refill(key, profile, spec);
-                Ok(p)
-            }
-            None => {
-                // The call goes first; the refill starts once its container is up.
-                let p = self.prepare(profile, spec).await;
-                self.refill(key, profile, spec);
-                p
-            }
-        }
+        let mut prepared = match got {
+            Some(p) => p,
+            None => self.prepare(profile, spec).await?,
+        };
+        // The refill starts when this call's container is gone: it never competes with the
+        // call for the CPU, and the place the call held is free for it.
+        let (this, profile, spec) = (self.clone(), profile.clone(), spec.clone());
+        prepared.after = Some(Box::new(move || this.refill(key, &profile, &spec)));
+        Ok(prepared)
     }
 
     /// Starts the containers `key` lacks, in the background, each only if a place among
@@ -643,6 +640,7 @@ impl Sandbox {
                 .then(|| self.inner.views.state(&spec.workspace)),
             view,
             protected: spec.protected.clone(),
+            after: None,
         })
     }
 
@@ -723,7 +721,11 @@ pub struct Prepared {
     /// The masks it was made with; sent with the request.
     view: Option<SandboxView>,
     protected: Vec<airlock_executor::protocol::ProtectedPath>,
+    /// Run once the call's container is removed (the pool's refill).
+    after: Option<AfterCall>,
 }
+
+type AfterCall = Box<dyn FnOnce() + Send>;
 
 impl Prepared {
     pub fn container_id(&self) -> &str {
@@ -797,6 +799,7 @@ impl Prepared {
             started,
             permit,
             writer,
+            after: self.after.take(),
         };
         tokio::spawn(driver.run());
         let mut handle = CallHandle {
@@ -926,6 +929,7 @@ struct Driver {
     permit: Option<OwnedSemaphorePermit>,
     /// Held by a writable call until its container is gone.
     writer: Option<views::Writer>,
+    after: Option<AfterCall>,
 }
 
 /// Bytes of stderr kept for diagnostics.
@@ -939,6 +943,9 @@ struct ReadState {
     protocol_error: Option<String>,
     /// A `result` or `error` event arrived.
     finished: bool,
+    /// The result was a file tool's, or a shell command's that exited 0 unsignalled with no
+    /// OOM kill in the container.
+    clean: bool,
 }
 
 impl Driver {
@@ -955,6 +962,7 @@ impl Driver {
             started,
             permit,
             writer,
+            after,
         } = self;
         let mut st = ReadState::default();
         let end = {
@@ -987,10 +995,18 @@ impl Driver {
         }
         outcome.exit_code = wait_exit(&docker, &id).await;
         outcome.duration = started.elapsed();
-        if let Ok(info) = docker
-            .inspect_container(&id, None::<InspectContainerOptions>)
-            .await
-        {
+        // A container whose tool succeeded (a shell command exited 0 and its executor saw no
+        // OOM kill) and that exited 0 has nothing for the inspect to add: that Docker round
+        // trip is for the others.
+        let clean = matches!(end, End::Eof) && st.clean && outcome.exit_code == Some(0);
+        let info = match clean {
+            true => None,
+            false => docker
+                .inspect_container(&id, None::<InspectContainerOptions>)
+                .await
+                .ok(),
+        };
+        if let Some(info) = info {
             if let Some(state) = info.state {
                 outcome.oom_killed = state.oom_killed.unwrap_or(false);
                 if outcome.exit_code.is_none() {
@@ -1022,6 +1038,9 @@ impl Driver {
         // Removal happens after the caller has its outcome: off the critical path.
         let _ = remove_container(&docker, &id).await;
         drop(permit);
+        if let Some(f) = after {
+            f();
+        }
     }
 }
 
@@ -1074,6 +1093,13 @@ async fn read_events(
                         ev,
                         Event::Result { .. } | Event::Error { .. } | Event::Survey { .. }
                     );
+                    st.clean |= match &ev {
+                        Event::Result {
+                            result: ToolResult::RunShell(r),
+                        } => r.exit_code == Some(0) && r.signal.is_none() && r.oom_kills == Some(0),
+                        Event::Result { .. } | Event::Survey { .. } => true,
+                        _ => false,
+                    };
                     if tx.send(SandboxEvent::Executor(ev)).await.is_err() {
                         return End::ReceiverGone;
                     }

@@ -162,7 +162,8 @@ async fn a_policy_reload_and_a_write_discard_idle_containers() {
         },
     )
     .await;
-    assert!(metric(api, admin, "airlock_pool_discards_total{reason=\"write\"}").await >= 2);
+    // The write's preview took one of them; the other was discarded.
+    assert!(metric(api, admin, "airlock_pool_discards_total{reason=\"write\"}").await >= 1);
     read(api, alice, &s).await;
 }
 
