@@ -346,15 +346,21 @@ impl Sandbox {
         let generation = self.inner.views.state(&spec.workspace).generation();
         let (got, removed) = self.inner.pool.take(&key, generation);
         drop(removed);
-        let mut prepared = match got {
-            Some(p) => p,
-            None => self.prepare(profile, spec).await?,
-        };
-        // The refill starts when this call's container is gone: it never competes with the
-        // call for the CPU, and the place the call held is free for it.
-        let (this, profile, spec) = (self.clone(), profile.clone(), spec.clone());
-        prepared.after = Some(Box::new(move || this.refill(key, &profile, &spec)));
-        Ok(prepared)
+        match got {
+            // A hit: the refill starts now, alongside a call that takes milliseconds.
+            Some(p) => {
+                self.refill(key, profile, spec);
+                Ok(p)
+            }
+            // A miss: the refill starts when this cold call's container is gone, so it does
+            // not compete with the call for the CPU.
+            None => {
+                let mut p = self.prepare(profile, spec).await?;
+                let (this, profile, spec) = (self.clone(), profile.clone(), spec.clone());
+                p.after = Some(Box::new(move || this.refill(key, &profile, &spec)));
+                Ok(p)
+            }
+        }
     }
 
     /// Starts the containers `key` lacks, in the background, each only if a place among
@@ -993,12 +999,15 @@ impl Driver {
                 .build();
             let _ = docker.kill_container(&id, Some(kill)).await;
         }
-        outcome.exit_code = wait_exit(&docker, &id).await;
-        outcome.duration = started.elapsed();
         // A container whose tool succeeded (a shell command exited 0 and its executor saw no
-        // OOM kill) and that exited 0 has nothing for the inspect to add: that Docker round
-        // trip is for the others.
-        let clean = matches!(end, End::Eof) && st.clean && outcome.exit_code == Some(0);
+        // OOM kill) and whose executor then closed its stream has exited 0 by itself: waiting
+        // for its status and inspecting it add two Docker round trips and nothing else.
+        let clean = matches!(end, End::Eof) && st.clean;
+        outcome.exit_code = match clean {
+            true => Some(0),
+            false => wait_exit(&docker, &id).await,
+        };
+        outcome.duration = started.elapsed();
         let info = match clean {
             true => None,
             false => docker
