@@ -632,27 +632,12 @@ mod tests {
 
     fn rec(status: CallStatus) -> CallRecord {
         CallRecord {
-            id: "c1".into(),
-            session_id: "s".into(),
-            owner: "alice".into(),
-            tool: "read_file".into(),
-            args: json!({"path": "a"}),
             args_sha256: "x".into(),
             status,
             decision: Decision::Ask,
             rule: "defaults.tools.read_file".into(),
             policy_sha256: "p".into(),
-            preview: None,
-            expected_sha256: None,
-            created_at_ms: 0,
-            updated_at_ms: 0,
-            expires_at_ms: None,
-            decided_by: None,
-            decided_at_ms: None,
-            reason: None,
-            result: None,
-            error: None,
-            outcome: None,
+            ..CallRecord::new("c1", "s", "alice", "read_file", json!({"path": "a"}), 0)
         }
     }
 

@@ -51,27 +51,12 @@ impl Engine {
         let id = uuid::Uuid::new_v4().to_string();
         let now = now_ms();
         let mut rec = CallRecord {
-            id: id.clone(),
-            session_id: session_id.to_string(),
-            owner: user.name.clone(),
-            tool: tool.to_string(),
-            args: args.clone(),
             args_sha256: binding_sha256(tool, &args, None),
             status: verdict.decision.next_status(),
             decision: verdict.decision,
             rule: verdict.rule.clone(),
             policy_sha256: policy.sha256.clone(),
-            preview: None,
-            expected_sha256: None,
-            created_at_ms: now,
-            updated_at_ms: now,
-            expires_at_ms: None,
-            decided_by: None,
-            decided_at_ms: None,
-            reason: None,
-            result: None,
-            error: None,
-            outcome: None,
+            ..CallRecord::new(&id, session_id, &user.name, tool, args.clone(), now)
         };
         if verdict.decision == Decision::Deny {
             rec.reason = Some(format!("denied by policy rule `{}`", verdict.rule));

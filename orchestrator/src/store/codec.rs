@@ -193,6 +193,43 @@ pub(super) fn check_patch(patch: &[(&str, String)]) -> Result<(), StoreError> {
 }
 
 impl CallRecord {
+    /// A call as proposed, before the policy's say: status `proposed`, decision `deny` (fail
+    /// closed until someone sets it), no hash, rule, preview or outcome yet, stamped `now`.
+    /// The one place a record is built from nothing; callers set what they know with
+    /// `CallRecord { field, ..CallRecord::new(…) }`.
+    pub fn new(
+        id: &str,
+        session_id: &str,
+        owner: &str,
+        tool: &str,
+        args: serde_json::Value,
+        now: u64,
+    ) -> CallRecord {
+        CallRecord {
+            id: id.into(),
+            session_id: session_id.into(),
+            owner: owner.into(),
+            tool: tool.into(),
+            args,
+            args_sha256: String::new(),
+            status: CallStatus::Proposed,
+            decision: Decision::Deny,
+            rule: String::new(),
+            policy_sha256: String::new(),
+            preview: None,
+            expected_sha256: None,
+            created_at_ms: now,
+            updated_at_ms: now,
+            expires_at_ms: None,
+            decided_by: None,
+            decided_at_ms: None,
+            reason: None,
+            result: None,
+            error: None,
+            outcome: None,
+        }
+    }
+
     /// The hash fields (absent options are left out).
     pub fn to_fields(&self) -> Vec<(&'static str, String)> {
         let mut f = vec![

@@ -549,27 +549,24 @@ mod tests {
 
     fn call() -> CallRecord {
         CallRecord {
-            id: "c1".into(),
-            session_id: "s1".into(),
-            owner: "alice".into(),
-            tool: "read_file".into(),
-            args: json!({"path": "a.txt"}),
             args_sha256: "ab".repeat(32),
             status: CallStatus::AwaitingApproval,
             decision: Decision::Ask,
             rule: "ask-reads".into(),
             policy_sha256: "cd".repeat(32),
             preview: Some(json!({"diff": "--- a\n+++ b\n"})),
-            expected_sha256: None,
-            created_at_ms: 1,
             updated_at_ms: 2,
             expires_at_ms: Some(3),
-            decided_by: None,
-            decided_at_ms: None,
             reason: Some("why: not".into()),
-            result: None,
             error: Some(json!({"code": "x"})),
-            outcome: None,
+            ..CallRecord::new(
+                "c1",
+                "s1",
+                "alice",
+                "read_file",
+                json!({"path": "a.txt"}),
+                1,
+            )
         }
     }
 
