@@ -206,6 +206,8 @@ impl RedisServer {
             Err(e) => panic!("cannot start redis-server: {e}"),
         };
         self.child = Some(child);
+        // Not `wait_until`: it polls every 20 ms (every test starts a Redis, which is up within
+        // a few ms) and answers `false` when the process died (the caller tries another start).
         let deadline = Instant::now() + READY_TIMEOUT;
         while Instant::now() < deadline {
             if !self.is_running() {

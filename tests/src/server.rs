@@ -15,7 +15,7 @@ use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use airlock::engine::Engine;
 use airlock::sandbox::profile::{LABEL_CALL, LABEL_INSTANCE, LABEL_MANAGED};
@@ -279,19 +279,19 @@ impl Fixture {
 
     /// Polls until no container of this instance (or of `call`) exists; panics after 20 s.
     pub async fn assert_no_containers(&self, call: Option<&str>, what: &str) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
+        let what = format!(
+            "{what}: no container of instance {} (call {call:?}) left",
+            self.instance
+        );
+        crate::wait_until(&what, Duration::from_secs(20), || async {
             let left = self.containers(call).await;
             if left.is_empty() {
-                return;
+                Ok(())
+            } else {
+                Err(format!("{left:?}"))
             }
-            assert!(
-                Instant::now() < deadline,
-                "{what}: containers of instance {} (call {call:?}) still exist after 20 s: {left:?}",
-                self.instance
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        })
+        .await
     }
 }
 
@@ -705,33 +705,15 @@ impl<'a> ServerProcess<'a> {
             child: Some(child),
             log,
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = p.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!(
-                    "airlock serve exited with {status} before it was ready; its log:\n{}",
-                    p.log()
-                );
-            }
-            if let Ok(r) = p
-                .api
-                .http
-                .get(p.api.url("/healthz"))
-                .timeout(Duration::from_secs(2))
-                .send()
-                .await
-            {
-                if r.status().is_success() {
-                    return p;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "airlock serve did not answer /healthz within 60 s; its log:\n{}",
-                p.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_answering(
+            &p.api,
+            "/healthz",
+            &mut p.child,
+            &p.log,
+            Duration::from_secs(60),
+        )
+        .await;
+        p
     }
 
     pub fn pid(&self) -> u32 {
@@ -740,7 +722,7 @@ impl<'a> ServerProcess<'a> {
 
     /// What the process wrote on stderr.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        read_log(&self.log)
     }
 
     /// `kill -9`, like a crash.
@@ -751,34 +733,84 @@ impl<'a> ServerProcess<'a> {
         }
     }
 
-    /// SIGTERM, then waits (up to 60 s) for a clean exit; panics otherwise.
+    /// SIGTERM, then waits (up to 60 s) for a clean exit; panics otherwise (and `Drop` kills
+    /// it).
     pub async fn terminate(&mut self) {
-        let Some(mut c) = self.child.take() else {
+        let Some(c) = &self.child else {
             return;
         };
         // SAFETY: kill(2) on our own child, not yet reaped.
         unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = c.try_wait().expect("wait") {
-                assert!(
-                    status.success(),
-                    "airlock serve exited with {status} after SIGTERM; its log:\n{}",
-                    self.log()
-                );
-                return;
-            }
-            if Instant::now() > deadline {
-                let _ = c.kill();
-                let _ = c.wait();
-                panic!(
-                    "airlock serve did not stop within 60 s of SIGTERM; its log:\n{}",
-                    self.log()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let status = wait_exit(
+            &mut self.child,
+            &self.log,
+            Duration::from_secs(60),
+            "airlock serve stopping after SIGTERM",
+        )
+        .await;
+        assert!(
+            status.success(),
+            "airlock serve exited with {status} after SIGTERM; its log:\n{}",
+            self.log()
+        );
     }
+}
+
+/// Waits (up to `within`) until `child`, an `airlock` process writing to `log`, answers
+/// `GET path` with a success; panics at once, with the log, if it exits first.
+pub async fn wait_answering(
+    api: &Api,
+    path: &str,
+    child: &mut Option<Child>,
+    log: &Path,
+    within: Duration,
+) {
+    let what = format!("airlock answering {path}");
+    crate::wait_until(&what, within, || {
+        if let Some(status) = child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            panic!(
+                "airlock exited with {status} before it answered {path}; its log:\n{}",
+                read_log(log)
+            );
+        }
+        async move {
+            let seen = match api
+                .http
+                .get(api.url(path))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+            {
+                Ok(r) if r.status().is_success() => return Ok(()),
+                Ok(r) => r.status().to_string(),
+                Err(e) => e.to_string(),
+            };
+            Err(format!("{seen}; its log:\n{}", read_log(log)))
+        }
+    })
+    .await
+}
+
+/// Waits (up to `within`) for `child`, which writes to `log`, to exit; takes it and returns
+/// its status. On timeout the panic leaves it in `child`, for its owner's `Drop` to kill.
+pub async fn wait_exit(
+    child: &mut Option<Child>,
+    log: &Path,
+    within: Duration,
+    what: &str,
+) -> std::process::ExitStatus {
+    let status = crate::wait_until(what, within, || {
+        let exited = child.as_mut().expect("running").try_wait().expect("wait");
+        async move { exited.ok_or_else(|| format!("still running; its log:\n{}", read_log(log))) }
+    })
+    .await;
+    *child = None;
+    status
+}
+
+/// What a child process wrote to its log file (empty when there is none yet).
+pub fn read_log(log: &Path) -> String {
+    std::fs::read_to_string(log).unwrap_or_default()
 }
 
 impl Drop for ServerProcess<'_> {

@@ -7,10 +7,12 @@
 //! provider fault, and cancellation of a running command, of a pending approval and of a
 //! stream.
 
+use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
 use airlock_tests::llm_mock::{answer, status, tool_calls, MockLlm, Reply, Stream};
 use airlock_tests::server::{Api, Fixture, ServerOptions, TestServer};
+use airlock_tests::wait_until;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -73,19 +75,12 @@ impl Agentic {
 
     /// Polls the session's events until one matches; returns it.
     async fn wait_event(&self, sid: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + WAIT;
-        loop {
+        wait_until(&format!("a {what} event"), WAIT, || async {
             let evs = self.events(sid).await;
-            if let Some(e) = evs.iter().find(|e| pred(e)) {
-                return e.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no {what} within {WAIT:?}; events: {:#}",
-                Value::Array(evs)
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            let found = evs.iter().find(|e| pred(e)).cloned();
+            found.ok_or_else(|| format!("events: {:#}", Value::Array(evs)))
+        })
+        .await
     }
 
     /// Waits for the turn's `turn_finished` and returns its data.
@@ -515,20 +510,22 @@ async fn an_injected_file_cannot_make_the_agent_escape_read_secrets_or_reach_the
     // command. The user denies the exfiltration and, to show that the sandbox contains what
     // an approval lets through, approves the second command.
     let reason = "that sends the .env file to an unknown host";
-    let mut seen: Vec<String> = Vec::new();
-    let (mut denied_by_user, mut approved) = (None, None);
-    let deadline = Instant::now() + WAIT;
-    let fin = loop {
+    let seen: RefCell<Vec<String>> = RefCell::default();
+    let (denied_by_user, approved) = (RefCell::new(None), RefCell::new(None));
+    let fin = wait_until("the turn finishing", WAIT, || async {
         let evs = a.events(&sid).await;
         if let Some(f) = evs
             .iter()
             .find(|e| e["type"] == "turn_finished" && e["data"]["turn_id"] == turn.as_str())
         {
-            break f["data"].clone();
+            return Ok(f["data"].clone());
         }
         let pending = evs.iter().find(|e| {
             e["type"] == "approval_required"
-                && !seen.iter().any(|s| e["data"]["call_id"] == s.as_str())
+                && !seen
+                    .borrow()
+                    .iter()
+                    .any(|s| e["data"]["call_id"] == s.as_str())
         });
         if let Some(p) = pending {
             let id = p["data"]["call_id"].as_str().unwrap().to_string();
@@ -537,20 +534,18 @@ async fn an_injected_file_cannot_make_the_agent_escape_read_secrets_or_reach_the
             assert_eq!(call["status"], "awaiting_approval");
             if call["args"]["command"] == exfil {
                 a.decide(&call, "deny", Some(reason)).await;
-                denied_by_user = Some(id.clone());
+                denied_by_user.replace(Some(id.clone()));
             } else {
                 assert_eq!(call["args"]["command"], net);
                 a.decide(&call, "approve", None).await;
-                approved = Some(id.clone());
+                approved.replace(Some(id.clone()));
             }
-            seen.push(id);
+            seen.borrow_mut().push(id);
         }
-        assert!(
-            Instant::now() < deadline,
-            "the turn did not finish: {evs:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        Err(format!("{evs:#?}"))
+    })
+    .await;
+    let (denied_by_user, approved) = (denied_by_user.into_inner(), approved.into_inner());
     assert_eq!(fin["status"], "completed", "{fin:#}");
 
     // Nothing left the workspace.

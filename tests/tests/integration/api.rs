@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use airlock_tests::server::{
     Api, Fixture, ServerOptions, ServerProcess, TestServer, ALLOWED_ORIGIN,
 };
+use airlock_tests::wait_until;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
@@ -17,6 +18,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::helpers::{redis_info, wait_redis_blocked};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -1062,11 +1065,7 @@ async fn after_kill_9_pending_approvals_survive_running_calls_fail_and_leftovers
     let sha = sha_of(&call);
     assert_eq!(call["status"], "awaiting_approval", "{call:#}");
     // Wait until the container prepared for the approval is there.
-    let deadline = Instant::now() + CALL_TIMEOUT;
-    while fx.containers(Some(&cid)).await.is_empty() {
-        assert!(Instant::now() < deadline, "no prepared container for {cid}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_prepared(&fx, &cid).await;
     // A long shell call (allowed by this test's policy) is running when the server dies.
     let bg = {
         let (api, alice, sid) = (api.clone(), alice.clone(), sid.clone());
@@ -1081,8 +1080,7 @@ async fn after_kill_9_pending_approvals_survive_running_calls_fail_and_leftovers
                 .await;
         })
     };
-    let deadline = Instant::now() + CALL_TIMEOUT;
-    let shid = loop {
+    let shid = wait_until("the shell call started", CALL_TIMEOUT, || async {
         let h = api.history(&alice, &sid).await;
         let started = h
             .iter()
@@ -1090,15 +1088,12 @@ async fn after_kill_9_pending_approvals_survive_running_calls_fail_and_leftovers
         if let Some(e) = started {
             let id = e["data"]["call_id"].as_str().unwrap().to_string();
             if !fx.containers(Some(&id)).await.is_empty() {
-                break id;
+                return Ok(id);
             }
         }
-        assert!(
-            Instant::now() < deadline,
-            "the shell call never started: {h:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        Err(format!("{h:#?}"))
+    })
+    .await;
     assert_eq!(api.get_call(&alice, &shid).await["status"], "running");
     let last_seen = api.history(&alice, &sid).await.last().unwrap()["id"]
         .as_str()
@@ -1201,8 +1196,7 @@ async fn running_shell(api: &Api, token: &str, sid: &str, command: &str) -> Stri
                 .await;
         });
     }
-    let deadline = Instant::now() + CALL_TIMEOUT;
-    loop {
+    wait_until(&format!("`{command}` started"), CALL_TIMEOUT, || async {
         let h = api.history(token, sid).await;
         let started = h.iter().find(|e| {
             e["type"] == "call_started"
@@ -1211,15 +1205,12 @@ async fn running_shell(api: &Api, token: &str, sid: &str, command: &str) -> Stri
         if let Some(e) = started {
             let id = e["data"]["call_id"].as_str().unwrap().to_string();
             if !docker_ps(&id).is_empty() {
-                return id;
+                return Ok(id);
             }
         }
-        assert!(
-            Instant::now() < deadline,
-            "`{command}` never started: {h:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        Err(format!("{h:#?}"))
+    })
+    .await
 }
 
 /// Ids of the containers (running or not) of call `call`, whichever orchestrator started them.
@@ -1233,6 +1224,41 @@ fn docker_ps(call: &str) -> String {
         .output()
         .expect("docker ps");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Waits (up to `within`) until no container of call `call` is left, whoever started it.
+async fn wait_no_container(call: &str, within: Duration, what: &str) {
+    wait_until(what, within, || async {
+        match docker_ps(call) {
+            left if left.is_empty() => Ok(()),
+            left => Err(format!("containers {left}")),
+        }
+    })
+    .await
+}
+
+/// Waits until a container was prepared for call `cid` (which awaits approval).
+async fn wait_prepared(fx: &Fixture, cid: &str) {
+    let what = format!("a container prepared for {cid}");
+    wait_until(&what, CALL_TIMEOUT, || async {
+        match fx.containers(Some(cid)).await.is_empty() {
+            true => Err("none".to_string()),
+            false => Ok(()),
+        }
+    })
+    .await
+}
+
+/// Waits (up to 15 s) until `/readyz` answers 200.
+async fn wait_ready(api: &Api, what: &str) {
+    wait_until(what, Duration::from_secs(15), || async {
+        let r = api.call("GET", "/readyz", None, None).await;
+        match r.status {
+            200 => Ok(()),
+            _ => Err(format!("{r:#?}")),
+        }
+    })
+    .await
 }
 
 /// Removes an instance's containers when dropped (a second orchestrator killed by a test).
@@ -1294,14 +1320,12 @@ async fn orchestrators_sharing_redis_keep_their_calls_and_fail_a_dead_ones() {
     let message = c["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains(&instance_b), "{c:#}");
     // …and removes the container B left running (its deadline died with B).
-    let deadline = Instant::now() + CALL_TIMEOUT;
-    while !docker_ps(&on_b).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "the dead orchestrator's container is still running"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_no_container(
+        &on_b,
+        CALL_TIMEOUT,
+        "the dead orchestrator's container removed",
+    )
+    .await;
     let audit = a.api.get("/v1/audit?limit=500", &fx.admin.token).await;
     assert!(
         audit
@@ -1429,18 +1453,7 @@ async fn when_redis_goes_away_the_api_answers_503_and_recovers_when_it_returns()
 
     // Redis returns (with its data): the same server recovers without a restart.
     s.fx.redis.restart();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let r = api.call("GET", "/readyz", None, None).await;
-        if r.status == 200 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not ready 15 s after Redis returned: {r:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_ready(&api, "ready after Redis returned").await;
     let c = api.get_call(&alice, &cid).await;
     assert_eq!(
         c["status"], "awaiting_approval",
@@ -1490,14 +1503,7 @@ async fn when_redis_goes_away_the_api_answers_503_and_recovers_when_it_returns()
     }
     r.expect(503);
     s.fx.redis.resume();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while api.call("GET", "/readyz", None, None).await.status != 200 {
-        assert!(
-            Instant::now() < deadline,
-            "not ready 15 s after Redis resumed"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_ready(&api, "ready after Redis resumed").await;
     // Give a decision still queued in Redis every chance to land, then let the server settle it.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let c = api
@@ -1565,20 +1571,15 @@ async fn open_event_streams_are_capped_per_user() {
     // Closing a stream frees its slot.
     ws1.close(None).await.unwrap();
     drop(ws1);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let mut ws3 = loop {
+    let freed = "the closed stream's slot freed";
+    let mut ws3 = wait_until(freed, Duration::from_secs(15), || async {
         match ws_open(&s.api, &events, WsAuth::Protocol(alice), None).await {
-            Ok((ws, _)) => break ws,
-            Err(429) => {
-                assert!(
-                    Instant::now() < deadline,
-                    "the closed stream's slot was never freed"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            Ok((ws, _)) => Ok(ws),
+            Err(429) => Err("refused with 429".to_string()),
             Err(st) => panic!("refused with {st}"),
         }
-    };
+    })
+    .await;
     denied_searches(&s.api, alice, &sid, 1).await;
     assert_eq!(
         ws_next(&mut ws3, Duration::from_secs(10)).await.unwrap()["type"],
@@ -1804,17 +1805,7 @@ async fn metrics_count_calls_by_tool_and_outcome_for_admins_only() {
 
 /// Redis's count of connections accepted so far.
 async fn redis_connections_received(url: &str) -> u64 {
-    let client = redis::Client::open(url).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let info: String = redis::cmd("INFO")
-        .arg("stats")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix("total_connections_received:"))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("total_connections_received")
+    redis_info(url, "stats", "total_connections_received").await
 }
 
 /// A client that pings every 100 ms (the terminal client pings every 15 s) keeps the one Redis
@@ -1825,9 +1816,9 @@ async fn websocket_pings_keep_the_stream_s_redis_connection() {
     let token = s.alice.token.clone();
     let sid = s.api.session(&token).await;
     let mut ws = ws_events(&s.api, &sid, &token, None).await;
-    // Let the stream settle on its blocking read, then count.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Once the stream is on its blocking read (the only client Redis blocks), count.
     let url = s.redis.url();
+    wait_redis_blocked(&url, 1).await;
     let before = redis_connections_received(&url).await;
     for i in 0..100u32 {
         use futures_util::SinkExt;
@@ -1882,14 +1873,7 @@ async fn cancels_and_decisions_reach_the_orchestrator_that_holds_the_container()
         .await;
     assert_eq!(c["status"], "cancelled", "{c:#}");
     assert_eq!(c["outcome"]["cancelled"], true, "{c:#}");
-    let deadline = Instant::now() + sweeps;
-    while !docker_ps(&on_a).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "A's container of the cancelled call is still there"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_no_container(&on_a, sweeps, "A's container of the cancelled call removed").await;
 
     // Proposed on A (its container starts while the user reads), approved on B.
     let call = a
@@ -1897,14 +1881,7 @@ async fn cancels_and_decisions_reach_the_orchestrator_that_holds_the_container()
         .propose_ok(&alice, &sid, "edit_file", edit("a.txt", "before", "after"))
         .await;
     let cid = id_of(&call);
-    let deadline = Instant::now() + CALL_TIMEOUT;
-    while fx.containers(Some(&cid)).await.is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "A prepared no container for {cid}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_prepared(&fx, &cid).await;
     b.api
         .decide(&alice, &cid, "approve", &sha_of(&call), None)
         .await
@@ -1964,23 +1941,19 @@ async fn quotas_and_grants_are_shared_by_replicas_and_kept_across_restarts() {
     a.api
         .wait_status(&alice, &on_a, &["cancelled"], CALL_TIMEOUT)
         .await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    let what = "the place A's cancelled call held freed for B";
+    wait_until(what, Duration::from_secs(10), || async {
         let r = b
             .api
             .propose(&alice, &sid, "run_shell", json!({"command": "echo freed"}))
             .await;
         if r.status == 201 {
-            break;
+            return Ok(());
         }
         assert_eq!(r.status, 429, "{}", r.text);
-        assert!(
-            Instant::now() < deadline,
-            "the place A's cancelled call held was not freed for B: {}",
-            r.text
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        Err(r.text)
+    })
+    .await;
     b.api
         .post(&format!("/v1/tool-calls/{on_b}/cancel"), &alice, json!({}))
         .await

@@ -18,10 +18,11 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use airlock_tests::llm_mock::{answer, tool_calls, MockLlm, Stream};
 use airlock_tests::server::{airlock_binary, Api, Fixture, ServerOptions, ServerProcess};
+use airlock_tests::wait_until;
 use fantoccini::{Client as Browser, Locator};
 use serde_json::{json, Value};
 
@@ -80,19 +81,14 @@ async fn fixture(llm: &MockLlm) -> Fixture {
 
 /// Polls the session's history until an event matches.
 async fn wait_event(api: &Api, token: &str, sid: &str, what: &str, pred: impl Fn(&Value) -> bool) {
-    let deadline = Instant::now() + WAIT;
-    loop {
+    wait_until(&format!("a {what} event"), WAIT, || async {
         let evs = api.history(token, sid).await;
-        if evs.iter().any(&pred) {
-            return;
+        match evs.iter().any(&pred) {
+            true => Ok(()),
+            false => Err(format!("events: {:#}", Value::Array(evs))),
         }
-        assert!(
-            Instant::now() < deadline,
-            "no {what} within {WAIT:?}; events: {:#}",
-            Value::Array(evs)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await
 }
 
 fn screenshots_dir() -> Option<PathBuf> {
@@ -188,18 +184,15 @@ impl Tmux {
 
     /// Waits until the pane shows every one of `needles` (at least `times` times each).
     async fn wait_for(&self, needles: &[&str], times: usize) -> String {
-        let deadline = Instant::now() + WAIT;
-        loop {
+        let what = format!("the terminal showing {needles:?} (x{times})");
+        wait_until(&what, WAIT, || async {
             let t = self.text();
-            if needles.iter().all(|n| t.matches(n).count() >= times) {
-                return t;
+            match needles.iter().all(|n| t.matches(n).count() >= times) {
+                true => Ok(t),
+                false => Err(format!("it shows:\n{t}")),
             }
-            assert!(
-                Instant::now() < deadline,
-                "the terminal does not show {needles:?} (x{times}) within {WAIT:?}; it shows:\n{t}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        })
+        .await
     }
 }
 
@@ -716,22 +709,19 @@ async fn browser() -> (Driver, Browser) {
         _profile: profile,
     };
     let url = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let ready = reqwest::get(format!("{url}/status"))
-            .await
-            .ok()
-            .filter(|r| r.status().is_success())
-            .is_some();
-        if ready {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "chromedriver did not answer within 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let status = format!("{url}/status");
+    wait_until(
+        "chromedriver answering",
+        Duration::from_secs(30),
+        || async {
+            match reqwest::get(&status).await {
+                Ok(r) if r.status().is_success() => Ok(()),
+                Ok(r) => Err(r.status().to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        },
+    )
+    .await;
     let caps = json!({
         "browserName": "chrome",
         "goog:chromeOptions": {
@@ -760,20 +750,15 @@ async fn js(b: &Browser, script: &str) -> Value {
 
 /// Polls a script until it returns `true`; panics with `what` and the page's text.
 async fn wait_js(b: &Browser, what: &str, script: &str) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if js(b, script).await == json!(true) {
-            return;
+    // One round trip a poll: the script's `true`, or else the page's text.
+    let probe = format!("return (() => {{ {script} }})() === true || document.body.innerText;");
+    wait_until(&format!("the page showing {what}"), WAIT, || async {
+        match js(b, &probe).await {
+            Value::Bool(true) => Ok(()),
+            text => Err(format!("it shows:\n{}", text.as_str().unwrap_or_default())),
         }
-        if Instant::now() > deadline {
-            let text = js(b, "return document.body.innerText").await;
-            panic!(
-                "the page does not show {what} within {WAIT:?}; it shows:\n{}",
-                text.as_str().unwrap_or_default()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await
 }
 
 async fn shot(b: &Browser, name: &str) {

@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use airlock_tests::server::{airlock_binary, Api, Fixture, ServerOptions, ServerProcess};
+use airlock_tests::server::{
+    airlock_binary, wait_answering, wait_exit, Api, Fixture, ServerOptions, ServerProcess,
+};
+use airlock_tests::wait_until_blocking;
 use serde_json::json;
 
 /// Generous bound for anything that runs a container.
@@ -51,18 +54,11 @@ fn parent_of(pid: u32) -> Option<u32> {
 
 /// Waits (bounded) until no process has `needle` in its command line.
 fn wait_gone(needle: &str, within: Duration, what: &str) {
-    let deadline = Instant::now() + within;
-    loop {
-        let left = processes_with(needle);
-        if left.is_empty() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: processes still running after {within:?}: {left:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let what = format!("{what}: no process with {needle} left");
+    wait_until_blocking(&what, within, || match processes_with(needle) {
+        left if left.is_empty() => Ok(()),
+        left => Err(format!("still running: {left:?}")),
+    })
 }
 
 /// A child process killed (and its containers reaped) if the test fails before it ends.
@@ -84,59 +80,17 @@ impl Server {
 
     /// Waits (up to 60 s) for `/readyz` to answer 200.
     async fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!(
-                    "the server exited with {status} before it was ready; its output:\n{}",
-                    self.log()
-                );
-            }
-            if let Ok(r) = self
-                .api
-                .http
-                .get(self.api.url("/readyz"))
-                .timeout(Duration::from_secs(2))
-                .send()
-                .await
-            {
-                if r.status().is_success() {
-                    return;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the server was not ready within 60 s; its output:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let within = Duration::from_secs(60);
+        wait_answering(&self.api, "/readyz", &mut self.child, &self.log, within).await
     }
 
-    /// Sends `sig` and waits (up to 60 s) for the process to exit; returns its status.
+    /// Sends `sig` and waits (up to 60 s) for the process to exit; returns its status (on
+    /// timeout, `Drop` kills it).
     async fn signal_and_wait(&mut self, sig: libc::c_int) -> std::process::ExitStatus {
-        let mut c = self.child.take().expect("running");
         // SAFETY: kill(2) on our own child, not yet reaped.
-        unsafe { libc::kill(c.id() as libc::pid_t, sig) };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = c.try_wait().expect("wait") {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = c.kill();
-                let _ = c.wait();
-                panic!(
-                    "the server did not exit within 60 s of signal {sig}; its output:\n{}",
-                    self.log()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        unsafe { libc::kill(self.pid() as libc::pid_t, sig) };
+        let what = format!("the server exiting after signal {sig}");
+        wait_exit(&mut self.child, &self.log, Duration::from_secs(60), &what).await
     }
 }
 
@@ -690,6 +644,7 @@ fn run_bounded(cmd: &mut Command, limit: Duration, log: &Path, what: &str) {
         .stderr(err)
         .spawn()
         .unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
+    // Not `wait_until`: on timeout it kills the process group before it panics.
     let deadline = Instant::now() + limit;
     let status = loop {
         if let Some(s) = child.try_wait().expect("wait") {
@@ -775,6 +730,8 @@ impl ComposeProject {
 
     /// Waits (up to 180 s) for `/readyz` on the published port.
     async fn wait_ready(&self, api: &Api, proxy: bool) {
+        // Not `wait_until`: the stack's logs (a slow `docker-compose logs`) are fetched only on
+        // timeout, and a stack that takes minutes to come up is polled every 500 ms.
         let deadline = Instant::now() + Duration::from_secs(180);
         loop {
             let ready = api

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use airlock::protocol::{ErrorCode, Event, Mode, StreamKind};
 use airlock::sandbox::{Profile, Runtime, SandboxEvent};
-use airlock_tests::{request, sandbox, Called, TestSandbox, Workspace};
+use airlock_tests::{request, sandbox, wait_until, Called, TestSandbox, Workspace};
 use bollard::query_parameters::InspectContainerOptions;
 use serde_json::json;
 
@@ -125,10 +125,17 @@ async fn fork_bomb_is_stopped_by_the_pids_limit() {
                 {
                     // While the bomb runs (the shell lives until its 6 s timeout), the kernel
                     // holds the container at its pids limit and counts the refused forks.
-                    tokio::time::sleep(Duration::from_secs(2)).await;
                     let read = |f: &str| std::fs::read_to_string(cgroup.join(f)).unwrap();
-                    seen_limit =
-                        Some((read("pids.max"), read("pids.current"), read("pids.events")));
+                    let refused = "the pids limit refusing the bomb's forks";
+                    let events = wait_until(refused, Duration::from_secs(2), || async {
+                        let events = read("pids.events");
+                        match events.trim().strip_prefix("max ").map(str::parse::<u64>) {
+                            Some(Ok(n)) if n > 0 => Ok(events),
+                            _ => Err(format!("pids.events: {events}")),
+                        }
+                    })
+                    .await;
+                    seen_limit = Some((read("pids.max"), read("pids.current"), events));
                 }
                 events.push(ev);
             }

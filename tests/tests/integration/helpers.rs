@@ -3,13 +3,14 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::time::Duration;
 
 use airlock::protocol::{
     ChangeResult, ErrorCode, ListDirResult, Mode, ReadFileResult, Request, RunShellResult,
     SearchResult, ToolResult, EXIT_TOOL_ERROR,
 };
 use airlock::sandbox::Runtime;
-use airlock_tests::{request, Called, TestSandbox, Workspace};
+use airlock_tests::{request, wait_until, Called, TestSandbox, Workspace};
 use sha2::{Digest, Sha256};
 
 pub fn sha256_hex(data: impl AsRef<[u8]>) -> String {
@@ -110,6 +111,35 @@ pub fn shell_res<'a>(c: &'a Called, what: &str) -> &'a RunShellResult {
         ToolResult::RunShell(r) => r,
         other => panic!("{what}: expected a run_shell result, got {other:#?}"),
     }
+}
+
+/// The number `field` of Redis's `INFO section` (`stats`, `clients`…), asked on a connection
+/// of its own.
+pub async fn redis_info(url: &str, section: &str, field: &str) -> u64 {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg(section)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in INFO {section}: {info}"))
+}
+
+/// Waits until at least `n` clients of the Redis at `url` are blocked (in `XREAD BLOCK`: the
+/// event streams' reads).
+pub async fn wait_redis_blocked(url: &str, n: u64) {
+    let what = format!("{n} client(s) blocked in Redis");
+    wait_until(&what, Duration::from_secs(10), || async {
+        match redis_info(url, "clients", "blocked_clients").await {
+            b if b >= n => Ok(()),
+            b => Err(format!("{b} blocked")),
+        }
+    })
+    .await
 }
 
 /// Every entry below `dir` (not following symlinks): relative path → file content, symlink

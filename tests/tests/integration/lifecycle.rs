@@ -7,9 +7,10 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use airlock_tests::server::{airlock_binary, Fixture, ServerOptions, ServerProcess};
-use airlock_tests::Workspace;
+use airlock_tests::{wait_until, Workspace};
 use bollard::query_parameters::{InspectContainerOptions, ListContainersOptionsBuilder};
 use serde_json::json;
+use tokio::io::AsyncBufReadExt;
 
 /// Containers (running or not) whose workspace mount is `root`.
 async fn containers_on(docker: &bollard::Docker, root: &std::path::Path) -> Vec<String> {
@@ -63,9 +64,10 @@ async fn a_killed_server_leaves_a_container_that_ends_itself_at_its_deadline() {
         })
     };
     let docker = docker().await;
-    let deadline = Instant::now() + Duration::from_secs(60);
     // The call's own container (not the survey's, which ends at once).
-    let id = 'found: loop {
+    let ran = "the call's container running its command";
+    let id = wait_until(ran, Duration::from_secs(60), || async {
+        let mut seen = Vec::new();
         for id in fx.containers(None).await {
             let Ok(info) = docker
                 .inspect_container(&id, None::<InspectContainerOptions>)
@@ -91,38 +93,39 @@ async fn a_killed_server_leaves_a_container_that_ends_itself_at_its_deadline() {
                     .get_call(&alice, call.as_deref().unwrap_or_default())
                     .await;
                 if c["output"].to_string().contains("started") {
-                    break 'found id;
+                    return Ok(id);
                 }
             }
+            seen.push(format!("{id} ({tool:?})"));
         }
-        assert!(Instant::now() < deadline, "the call's container never ran");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        Err(format!("containers {seen:?}"))
+    })
+    .await;
     p1.kill9();
     let killed = Instant::now();
     bg.abort();
     // Nobody outside enforces the 4 s limit now: the executor does (4 s + its grace).
-    loop {
+    let ended = "the container ending at its 4 s deadline after the server died";
+    let state = wait_until(ended, Duration::from_secs(30), || async {
         let info = docker
             .inspect_container(&id, None::<InspectContainerOptions>)
             .await
             .expect("the container is still there until the next start reaps it");
         let state = info.state.unwrap();
-        if state.running == Some(false) {
-            assert_eq!(
-                state.exit_code,
-                Some(airlock::protocol::EXIT_DEADLINE as i64),
-                "ended by the executor's deadline: {state:?}"
-            );
-            break;
+        match state.running {
+            Some(false) => Ok(state),
+            _ => Err(format!(
+                "still running {:?} after the kill",
+                killed.elapsed()
+            )),
         }
-        assert!(
-            killed.elapsed() < Duration::from_secs(30),
-            "the container still runs {:?} after the server died, past its 4 s deadline",
-            killed.elapsed()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    })
+    .await;
+    assert_eq!(
+        state.exit_code,
+        Some(airlock::protocol::EXIT_DEADLINE as i64),
+        "ended by the executor's deadline: {state:?}"
+    );
     // The next start reaps it.
     let p2 = ServerProcess::start(&fx, 2).await;
     fx.assert_no_containers(None, "after the restart").await;
@@ -132,7 +135,7 @@ async fn a_killed_server_leaves_a_container_that_ends_itself_at_its_deadline() {
 async fn interrupted_cli_leaves_no_container(signal: i32) {
     let ws = Workspace::new();
     ws.write("a.txt", "a\n");
-    let child = tokio::process::Command::new(airlock_binary())
+    let mut child = tokio::process::Command::new(airlock_binary())
         .args(["sandbox", "run", "--workspace"])
         .arg(ws.root())
         .args([
@@ -146,13 +149,26 @@ async fn interrupted_cli_leaves_no_container(signal: i32) {
         .spawn()
         .expect("airlock sandbox run");
     let docker = docker().await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while containers_on(&docker, &ws.root()).await.is_empty() {
-        assert!(Instant::now() < deadline, "no container was started");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    // Let the command itself start, then interrupt.
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    wait_until("a container started", Duration::from_secs(60), || async {
+        match containers_on(&docker, &ws.root()).await.is_empty() {
+            true => Err("none".to_string()),
+            false => Ok(()),
+        }
+    })
+    .await;
+    // Once the command itself has started (its first output event), interrupt. The pipe stays
+    // open (the CLI prints until it exits).
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = stdout.next_line().await.expect("read stdout") {
+            if line.contains("started") {
+                return;
+            }
+        }
+        panic!("the CLI's output ended before the command started");
+    })
+    .await
+    .expect("the command starts within 60 s");
     let pid = child.id().expect("pid") as i32;
     // SAFETY: signalling our own child.
     unsafe {

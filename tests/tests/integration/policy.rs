@@ -5,9 +5,10 @@
 //! records which version decided); SIGHUP retries a version that needed something outside the
 //! file (an image); a failing inline test fails the load; session grants over the API.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use airlock_tests::server::{Fixture, ServerOptions, TestServer, TestUser};
+use airlock_tests::wait_until;
 use bollard::query_parameters::{
     InspectContainerOptions, RemoveImageOptionsBuilder, TagImageOptionsBuilder,
 };
@@ -49,33 +50,25 @@ fn write_policy(fx: &Fixture, text: &str) -> String {
 
 /// Waits until the engine has `want` in force.
 async fn wait_policy(srv: &TestServer, want: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while srv.engine.policy().sha256 != want {
-        assert!(
-            Instant::now() < deadline,
-            "the server did not load the new policy within 10 s (last error: {:?})",
-            srv.engine.policy_error()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until("the new policy loaded", Duration::from_secs(10), || async {
+        match srv.engine.policy().sha256 == want {
+            true => Ok(()),
+            false => Err(format!("last error: {:?}", srv.engine.policy_error())),
+        }
+    })
+    .await
 }
 
 /// Waits until a reload was rejected with an error containing every one of `wants`.
 async fn wait_rejected(srv: &TestServer, wants: &[&str]) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(e) = srv.engine.policy_error() {
-            if wants.iter().all(|w| e.contains(w)) {
-                return e;
-            }
+    let what = format!("a rejection containing {wants:?}");
+    wait_until(&what, Duration::from_secs(10), || async {
+        match srv.engine.policy_error() {
+            Some(e) if wants.iter().all(|w| e.contains(w)) => Ok(e),
+            e => Err(format!("last error: {e:?}")),
         }
-        assert!(
-            Instant::now() < deadline,
-            "no rejection containing {wants:?} within 10 s (last error: {:?})",
-            srv.engine.policy_error()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await
 }
 
 fn id_of(c: &Value) -> String {
@@ -177,12 +170,13 @@ async fn per_user_limits_and_uid_reach_the_container_and_quotas_hold() {
     let docker = airlock::sandbox::connect_docker(None)
         .await
         .expect("docker");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let inspected = loop {
+    let within = Duration::from_secs(20);
+    let inspected = wait_until("a running container", within, || async {
         let mut found = None;
-        for id in srv.containers(None).await {
+        let ids = srv.containers(None).await;
+        for id in &ids {
             if let Ok(c) = docker
-                .inspect_container(&id, None::<InspectContainerOptions>)
+                .inspect_container(id, None::<InspectContainerOptions>)
                 .await
             {
                 if c.state.as_ref().and_then(|s| s.running) == Some(true) {
@@ -190,15 +184,9 @@ async fn per_user_limits_and_uid_reach_the_container_and_quotas_hold() {
                 }
             }
         }
-        if let Some(c) = found {
-            break c;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no running container within 20 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        found.ok_or_else(|| format!("none running among {ids:?}"))
+    })
+    .await;
     let hc = inspected.host_config.expect("host config");
     assert_eq!(hc.memory, Some(96 * 1024 * 1024));
     assert_eq!(hc.memory_swap, Some(96 * 1024 * 1024));

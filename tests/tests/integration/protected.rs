@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use airlock::sandbox::Runtime;
 use airlock_tests::server::{ServerOptions, TestServer};
+use airlock_tests::wait_until;
 use serde_json::{json, Value};
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(90);
@@ -378,14 +379,14 @@ async fn swapping_a_view_source_during_creation(runtime: Runtime) {
         .await
         .expect(200);
     // Wait until its command runs (not only its status): from then on it holds the workspace.
-    let deadline = std::time::Instant::now() + CALL_TIMEOUT;
-    while !output(&srv.api.get_call(&token, &swapper).await).contains("started") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the swapper never started"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until("the swapper's command started", CALL_TIMEOUT, || async {
+        let c = srv.api.get_call(&token, &swapper).await;
+        match output(&c).contains("started") {
+            true => Ok(()),
+            false => Err(format!("{c:#}")),
+        }
+    })
+    .await;
     // While it swaps: writable calls whose containers need the view of repo/.git.
     // A view mounted through the symlink lands where the symlink points, inside the container:
     // read both places.

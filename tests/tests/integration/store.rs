@@ -11,7 +11,10 @@ use airlock::store::{
     now_ms, AuditEntry, CallRecord, DecisionResult, SessionRecord, Store, StoreError, StoreOptions,
 };
 use airlock_tests::redis_server::{RedisOptions, RedisServer};
+use airlock_tests::wait_until;
 use serde_json::json;
+
+use crate::helpers::wait_redis_blocked;
 
 const HASH: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 const OTHER_HASH: &str = "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210";
@@ -690,7 +693,7 @@ async fn wait_events_wakes_up_on_append_without_stalling_other_commands() {
                 .unwrap()
         }));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_redis_blocked(&server.url(), 20).await;
     let last = store.append_event(&s.id, &output(&s.id, 2)).await.unwrap();
     for w in waiters {
         let got = tokio::time::timeout(Duration::from_secs(5), w)
@@ -1270,19 +1273,12 @@ async fn a_hung_redis_gives_unavailable_within_the_response_timeout() {
         );
     }
     server.resume();
-    let t = Instant::now();
-    loop {
-        match store.get_session(&s.id).await {
-            Ok(got) => {
-                assert_eq!(got, Some(s));
-                break;
-            }
-            Err(e) => assert!(
-                t.elapsed() < Duration::from_secs(10),
-                "no recovery after the server resumed: {e}"
-            ),
-        }
-    }
+    let recovered = "recovery after the server resumed";
+    let got = wait_until(recovered, Duration::from_secs(10), || async {
+        store.get_session(&s.id).await.map_err(|e| e.to_string())
+    })
+    .await;
+    assert_eq!(got, Some(s));
 }
 
 #[tokio::test]
@@ -1391,7 +1387,7 @@ async fn blocking_reads_are_bounded_by_the_reader_cap() {
                 .await
         })
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_redis_blocked(&server.url(), 1).await;
     // The one slot is taken: this waiter gives up after its block time with a plain read.
     let t = Instant::now();
     let got = store
