@@ -379,6 +379,7 @@ async fn doctor_passes_on_a_healthy_setup() {
         "cannot fork past its pids limit",
         protocol.as_str(),
         "answers: Redis",
+        "warm pool:",
         "persistence: AOF is on",
         "alice: ",
         "bob: ",

@@ -65,12 +65,8 @@ async fn raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
 /// A new call of `session` in `status`; awaiting calls expire `ttl_ms` from now.
 fn new_call(session: &SessionRecord, status: CallStatus, ttl_ms: u64) -> CallRecord {
     let now = now_ms();
+    let args = json!({"path": "notes.txt", "content": "SECRET FILE BODY"});
     CallRecord {
-        id: new_id(),
-        session_id: session.id.clone(),
-        owner: session.owner.clone(),
-        tool: "write_file".into(),
-        args: json!({"path": "notes.txt", "content": "SECRET FILE BODY"}),
         args_sha256: HASH.into(),
         status,
         decision: Decision::Ask,
@@ -78,15 +74,15 @@ fn new_call(session: &SessionRecord, status: CallStatus, ttl_ms: u64) -> CallRec
         policy_sha256: "p".repeat(64),
         preview: Some(json!({"diff": "+hello\n"})),
         expected_sha256: Some("e".repeat(64)),
-        created_at_ms: now,
-        updated_at_ms: now,
         expires_at_ms: (status == CallStatus::AwaitingApproval).then_some(now + ttl_ms),
-        decided_by: None,
-        decided_at_ms: None,
-        reason: None,
-        result: None,
-        error: None,
-        outcome: None,
+        ..CallRecord::new(
+            &new_id(),
+            &session.id,
+            &session.owner,
+            "write_file",
+            args,
+            now,
+        )
     }
 }
 
