@@ -157,10 +157,14 @@ impl Engine {
     /// evaluated again under it when approved; prepared containers whose profile it changes
     /// are replaced before they run anything.
     pub fn set_policy(&self, p: Policy) {
+        let changed = self.policy().sha256 != p.sha256;
         *self.policy.write().expect("policy lock") = Arc::new(p);
         *self.policy_error.lock().expect("policy error lock") = None;
-        // No call runs in a container made under the old policy.
-        self.sandbox.pool_clear_policy();
+        // No call runs in a container made under an older policy. (A SIGHUP that reloads the
+        // same file keeps them: it is the same policy.)
+        if changed {
+            self.sandbox.pool_clear_policy();
+        }
     }
 
     /// Records why a new version of the policy file was rejected (the old one stays).

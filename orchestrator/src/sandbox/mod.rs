@@ -378,12 +378,13 @@ impl Sandbox {
                     None => return this.inner.pool.unreserve(&key),
                 };
                 let Ok(permit) = this.inner.limit.clone().try_acquire_owned() else {
+                    tracing::debug!("no free place for a warm-pool refill");
                     return this.inner.pool.unreserve(&key);
                 };
                 match this.create(&profile, &spec, Some(view), Some(permit)).await {
                     Ok(p) => drop(this.inner.pool.put(&key, p, epoch, generation)),
                     Err(e) => {
-                        tracing::debug!(error = %e, "a warm-pool refill failed");
+                        tracing::warn!(error = %e, "a warm-pool refill failed; the pool stays short until its next call");
                         this.inner.pool.unreserve(&key);
                     }
                 }
