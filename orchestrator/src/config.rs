@@ -512,12 +512,38 @@ mod tests {
         .unwrap();
         let d = Config::default();
         assert_eq!(c.limits, d.limits);
+        assert_eq!(c.pool, d.pool);
         assert_eq!(c.listen, d.listen);
         assert_eq!(c.llm, d.llm);
         assert_eq!(c.log_format, d.log_format);
         assert_eq!(c.redis.prefix, d.redis.prefix);
         let j: Config = parse_toml("c.toml", "log_format = \"json\"\n").unwrap();
         assert_eq!(j.log_format, crate::logging::LogFormat::Json);
+    }
+
+    #[test]
+    fn pool_settings_are_checked_against_the_container_limit() {
+        let mut c = Config::default();
+        c.pool.max_idle = c.limits.max_containers;
+        let e = c.validate("x").unwrap_err().to_string();
+        assert!(
+            e.contains("pool.max_idle") && e.contains("max_containers"),
+            "{e}"
+        );
+        c.pool.max_idle = 2;
+        c.pool.per_key = 3;
+        let e = c.validate("x").unwrap_err().to_string();
+        assert!(e.contains("pool.per_key"), "{e}");
+        c.pool.idle_secs = 0;
+        c.pool.per_key = 1;
+        assert!(c.validate("x").is_err());
+        // Off: the other settings are not looked at.
+        c.pool = PoolSettings {
+            per_key: 0,
+            max_idle: 999,
+            idle_secs: 0,
+        };
+        c.validate("x").unwrap();
     }
 
     #[test]

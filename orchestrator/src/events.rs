@@ -344,20 +344,6 @@ impl Event {
     pub fn ends_call(&self, id: &str) -> bool {
         matches!(self.call(), Some((c, Some(s))) if c == id && s.is_terminal())
     }
-
-    /// The turn this event belongs to, for agent events.
-    pub fn turn_id(&self) -> Option<&str> {
-        match self {
-            Event::UserMessage(e) => Some(&e.turn_id),
-            Event::AssistantDelta(e) => Some(&e.turn_id),
-            Event::AssistantMessage(e) => Some(&e.turn_id),
-            Event::ToolResult(e) => Some(&e.turn_id),
-            Event::AgentRetry(e) => Some(&e.turn_id),
-            Event::AgentError(e) => Some(&e.turn_id),
-            Event::TurnFinished(e) => Some(&e.turn_id),
-            _ => None,
-        }
-    }
 }
 
 #[cfg(test)]

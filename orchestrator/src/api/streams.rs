@@ -15,7 +15,6 @@ pub(super) async fn events(
     req: Request,
 ) -> Result<Response, AppError> {
     let (mut parts, _) = req.into_parts();
-    check_origin(&parts.headers, &st)?;
     let AuthUser(user) = AuthUser::from_request_parts(&mut parts, &st).await?;
     let Query(q) = q?;
     st.engine.owned_session(&user, &id).await?;

@@ -414,10 +414,6 @@ impl Sandbox {
         self.inner.pool.stats()
     }
 
-    pub fn pool_config(&self) -> &PoolConfig {
-        self.inner.pool.config()
-    }
-
     /// A place among `max_containers`: a free one, else one an idle pooled container gives up
     /// (a call that needs a container never waits behind the pool), else the next one freed.
     async fn place(&self) -> OwnedSemaphorePermit {

@@ -88,8 +88,6 @@ pub struct PoolStats {
     pub misses: u64,
     /// Idle containers now.
     pub idle: usize,
-    /// Refills in progress now.
-    pub filling: usize,
     pub discards: BTreeMap<&'static str, u64>,
 }
 
@@ -392,7 +390,6 @@ impl Pool {
             hits: self.hits.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
             idle: st.idle_total(),
-            filling: st.filling_total(),
             discards: self.discards.lock().expect("pool discards lock").clone(),
         }
     }

@@ -20,10 +20,8 @@ impl Store {
         if count == 0 {
             return Ok(Vec::new());
         }
-        let start = match after {
-            None => "-".to_string(),
-            Some((u64::MAX, u64::MAX)) => return Ok(Vec::new()),
-            Some((ms, seq)) => format!("({ms}-{seq}"),
+        let Some(start) = super::keys::range_start_after(after) else {
+            return Ok(Vec::new());
         };
         let reply: StreamRangeReply = self
             .query(

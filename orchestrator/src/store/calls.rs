@@ -74,13 +74,8 @@ impl Store {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        for id in &ids {
-            pipe.hgetall(self.inner.keys.call(id));
-        }
-        let pipe = &pipe;
-        let maps: Vec<HashMap<String, String>> = self
-            .run(|mut c| async move { pipe.query_async(&mut c).await })
+        let maps = self
+            .hgetall_many(ids.iter().map(|id| self.inner.keys.call(id)))
             .await?;
         maps.iter()
             .filter(|m| !m.is_empty())

@@ -100,6 +100,16 @@ pub fn parse_event_id(s: &str) -> Option<(u64, u64)> {
     Some((num(ms)?, num(seq)?))
 }
 
+/// The `XRANGE` start strictly after `after` (`-` from the beginning); `None` when nothing can
+/// come after it (the largest id).
+pub(super) fn range_start_after(after: Option<(u64, u64)>) -> Option<String> {
+    match after {
+        None => Some("-".to_string()),
+        Some((u64::MAX, u64::MAX)) => None,
+        Some((ms, seq)) => Some(format!("({ms}-{seq}")),
+    }
+}
+
 pub fn checked_event_id(after: Option<&str>) -> Result<Option<(u64, u64)>, StoreError> {
     match after {
         None => Ok(None),

@@ -420,6 +420,20 @@ impl Store {
             .await
     }
 
+    /// Every hash in `keys`, in one pipeline (an absent key reads as an empty map).
+    async fn hgetall_many(
+        &self,
+        keys: impl Iterator<Item = String>,
+    ) -> Result<Vec<std::collections::HashMap<String, String>>, StoreError> {
+        let mut pipe = redis::pipe();
+        for k in keys {
+            pipe.hgetall(k);
+        }
+        let pipe = &pipe;
+        self.run(|mut c| async move { pipe.query_async(&mut c).await })
+            .await
+    }
+
     /// `KEYS[1..4]` of every script built on `prelude.lua`, then `more`.
     fn call_keys(&self, more: &[String]) -> Vec<String> {
         let k = &self.inner.keys;
