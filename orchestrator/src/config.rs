@@ -46,6 +46,7 @@ pub struct Config {
     pub docker: DockerConfig,
     pub limits: LimitsConfig,
     pub pool: PoolSettings,
+    pub retention: RetentionConfig,
     pub llm: LlmConfig,
 }
 
@@ -65,6 +66,7 @@ impl Default for Config {
             docker: DockerConfig::default(),
             limits: LimitsConfig::default(),
             pool: PoolSettings::default(),
+            retention: RetentionConfig::default(),
             llm: LlmConfig::default(),
         }
     }
@@ -103,6 +105,52 @@ impl PoolSettings {
             max_idle: self.max_idle,
             idle: std::time::Duration::from_secs(self.idle_secs),
         }
+    }
+}
+
+/// How long Airlock keeps what it stores in Redis (docs/OPERATIONS.md). A sweeper on every
+/// orchestrator applies it; the operations are idempotent, so several replicas may race.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// A session with no activity (no event) for this many days is removed with its events,
+    /// calls, their stored results and previews, grants and the agent's history. 0 keeps
+    /// sessions forever.
+    pub session_days: u32,
+    /// Audit entries older than this are removed behind a checkpoint (the last removed
+    /// entry's hash, so what remains still verifies). 0 keeps the audit forever. Must be at
+    /// least `session_days`: the audit outlives what it describes.
+    pub audit_days: u32,
+    /// How often the sweeper runs.
+    pub sweep_secs: u64,
+    /// How often the audit chain's head (seq and hash) is logged, so that a copy of the logs
+    /// kept elsewhere anchors the chain (`airlock audit verify --anchor SEQ:HASH`).
+    pub anchor_secs: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            session_days: 30,
+            audit_days: 365,
+            sweep_secs: 3600,
+            anchor_secs: 300,
+        }
+    }
+}
+
+impl RetentionConfig {
+    const DAY_MS: u64 = 86_400_000;
+
+    /// Sessions idle since before this are removed (`None`: kept forever).
+    pub fn session_cutoff_ms(&self, now_ms: u64) -> Option<u64> {
+        (self.session_days > 0)
+            .then(|| now_ms.saturating_sub(self.session_days as u64 * Self::DAY_MS))
+    }
+
+    /// Audit entries written before this are trimmed (`None`: kept forever).
+    pub fn audit_cutoff_ms(&self, now_ms: u64) -> Option<u64> {
+        (self.audit_days > 0).then(|| now_ms.saturating_sub(self.audit_days as u64 * Self::DAY_MS))
     }
 }
 
@@ -440,6 +488,16 @@ impl Config {
             if p.idle_secs == 0 {
                 return bad("pool.idle_secs must be at least 1".into());
             }
+        }
+        let r = &self.retention;
+        if r.audit_days > 0 && (r.session_days == 0 || r.audit_days < r.session_days) {
+            return bad(format!(
+                "retention.audit_days ({}) must be 0 (keep forever) or at least retention.session_days ({}, where 0 = forever): the audit outlives the sessions it describes",
+                r.audit_days, r.session_days
+            ));
+        }
+        if r.sweep_secs == 0 || r.anchor_secs == 0 {
+            return bad("retention.sweep_secs and retention.anchor_secs must be at least 1".into());
         }
         let m = &self.llm;
         if let Some(url) = &m.base_url {

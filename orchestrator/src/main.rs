@@ -76,9 +76,20 @@ enum Command {
     /// Tool calls on a server: list those waiting for approval, approve or deny one.
     #[command(subcommand)]
     Calls(airlock::client::CallsCmd),
-    /// The server's audit log (admins).
+    /// The audit log: tail it through the API (admins), verify its hash chain, export it.
     #[command(subcommand)]
-    Audit(airlock::client::AuditCmd),
+    Audit(AuditCmd),
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// The newest audit entries through the API (admins only); --follow keeps printing new ones.
+    Tail(airlock::client::AuditTailArgs),
+    /// Recompute the audit hash chain from Redis and report the first entry that was changed,
+    /// removed or reordered. Exits 1 when the chain does not verify.
+    Verify(cli::audit::VerifyArgs),
+    /// Write the audit entries (with their chain fields) for a SIEM, oldest first.
+    Export(cli::audit::ExportArgs),
 }
 
 #[derive(Subcommand)]
@@ -283,7 +294,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Chat(args) => Ok(airlock::client::chat::run(args).await?),
         Command::Sessions(cmd) => Ok(airlock::client::sessions_cmd(cmd).await?),
         Command::Calls(cmd) => Ok(airlock::client::calls_cmd(cmd).await?),
-        Command::Audit(cmd) => Ok(airlock::client::audit_cmd(cmd).await?),
+        Command::Audit(AuditCmd::Tail(args)) => Ok(airlock::client::audit_tail(args).await?),
+        Command::Audit(AuditCmd::Verify(args)) => cli::audit::verify(args).await,
+        Command::Audit(AuditCmd::Export(args)) => cli::audit::export(args).await,
         Command::Bench(BenchCmd::Sandbox { n, image, runtime }) => {
             cli::sandbox::bench(cli.docker, n, image, runtime).await
         }

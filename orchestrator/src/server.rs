@@ -217,6 +217,37 @@ fn spawn_policy_watcher(
     })
 }
 
+/// The retention sweep (every `sweep_secs`) and the audit head's log line (every
+/// `anchor_secs`), each first at start.
+fn spawn_maintenance(
+    engine: Arc<Engine>,
+    r: crate::config::RetentionConfig,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut sweep = tokio::time::interval(Duration::from_secs(r.sweep_secs));
+        let mut anchor = tokio::time::interval(Duration::from_secs(r.anchor_secs));
+        for t in [&mut sweep, &mut anchor] {
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        }
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = sweep.tick() => {
+                    if let Err(e) = engine.retention_sweep(&r, crate::store::now_ms()).await {
+                        tracing::warn!(error = %e, "retention sweep failed (retried at the next one)");
+                    }
+                }
+                _ = anchor.tick() => {
+                    if let Err(e) = engine.log_audit_head().await {
+                        tracing::debug!(error = %e, "could not read the audit head");
+                    }
+                }
+            }
+        }
+    })
+}
+
 /// Serves on `listener` until `shutdown` resolves, then drains running calls.
 pub async fn run(
     config: Config,
@@ -270,6 +301,7 @@ pub async fn run(
             }
         })
     };
+    let maintenance = spawn_maintenance(engine.clone(), config.retention.clone(), stop.clone());
     let watcher = spawn_policy_watcher(engine.clone(), config.policy.clone(), stop.clone());
     let state = AppState {
         shutdown: stop.clone(),
@@ -291,6 +323,7 @@ pub async fn run(
     stop.cancel();
     let _ = sweeper.await;
     let _ = watcher.await;
+    let _ = maintenance.await;
     // Turns first (they withdraw their pending approvals), then the engine drains its calls.
     agent.shutdown().await;
     engine.shutdown().await;

@@ -96,15 +96,7 @@ pub(super) async fn audit_entries(
         .engine
         .audit_page(&user, q.after.as_deref(), limit)
         .await?;
-    let last = entries.last().map(|(id, _)| id.clone()).or(q.after);
-    let entries: Vec<Value> = entries
-        .into_iter()
-        .map(|(id, e)| {
-            let mut v = serde_json::to_value(e).unwrap_or(Value::Null);
-            v["id"] = json!(id);
-            v
-        })
-        .collect();
+    let last = entries.last().map(|e| e.id.clone()).or(q.after);
     Ok(Json(json!({ "entries": entries, "last_id": last })))
 }
 

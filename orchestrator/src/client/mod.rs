@@ -90,26 +90,23 @@ pub enum CallsCmd {
     },
 }
 
-/// `airlock audit …`.
-#[derive(Subcommand, Debug)]
-pub enum AuditCmd {
-    /// The newest audit entries (admins only); --follow keeps printing new ones.
-    Tail {
-        #[command(flatten)]
-        conn: Conn,
-        /// How many of the newest entries to print first.
-        #[arg(short = 'n', long, default_value_t = 20)]
-        lines: usize,
-        /// Print the entries after this id instead of the newest ones.
-        #[arg(long)]
-        after: Option<String>,
-        /// Keep polling for new entries (Ctrl-C stops).
-        #[arg(short, long)]
-        follow: bool,
-        /// One JSON object per line.
-        #[arg(long)]
-        json: bool,
-    },
+/// `airlock audit tail`: the newest audit entries through the API (admins only).
+#[derive(Args, Debug)]
+pub struct AuditTailArgs {
+    #[command(flatten)]
+    pub conn: Conn,
+    /// How many of the newest entries to print first.
+    #[arg(short = 'n', long, default_value_t = 20)]
+    pub lines: usize,
+    /// Print the entries after this id instead of the newest ones.
+    #[arg(long)]
+    pub after: Option<String>,
+    /// Keep polling for new entries (Ctrl-C stops).
+    #[arg(short, long)]
+    pub follow: bool,
+    /// One JSON object per line.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// A client-side failure: the message is for a person.
@@ -509,14 +506,14 @@ async fn decide(
 
 // ---- audit tail -----------------------------------------------------------------------------
 
-pub async fn audit_cmd(cmd: AuditCmd) -> Result<ExitCode, ClientError> {
-    let AuditCmd::Tail {
+pub async fn audit_tail(args: AuditTailArgs) -> Result<ExitCode, ClientError> {
+    let AuditTailArgs {
         conn,
         lines,
         after,
         follow,
         json,
-    } = cmd;
+    } = args;
     let c = Client::from_conn(&conn)?;
     let page = |after: Option<String>| {
         let c = c.clone();

@@ -22,16 +22,18 @@ use crate::quota::{CallSlot, QuotaError, Quotas};
 use crate::sandbox::{CallSpec, Prepared, Sandbox, SandboxError, SandboxEvent};
 
 use crate::store::{
-    now_ms, AgentStore, AuditEntry, CallRecord, DecisionResult, GrantAdded, SessionRecord, Store,
-    StoreError, StoredEvent,
+    now_ms, AgentStore, AuditEntry, CallRecord, ChainedEntry, DecisionResult, GrantAdded,
+    SessionRecord, Store, StoreError, StoredEvent,
 };
 
 // The engine's work, by concern; each is an `impl Engine` block.
 mod decide;
 mod propose;
 mod recovery;
+mod retention;
 mod run;
 mod sessions;
+pub use retention::RetentionReport;
 
 /// Errors of the engine, mapped to HTTP statuses by the API.
 #[derive(Debug, thiserror::Error)]
@@ -206,18 +208,7 @@ impl Engine {
     }
 
     fn audit(&self, rec: &CallRecord, actor: &str, action: &str, outcome: &str) -> AuditEntry {
-        AuditEntry {
-            at_ms: now_ms(),
-            actor: actor.to_string(),
-            action: action.to_string(),
-            session_id: rec.session_id.clone(),
-            call_id: rec.id.clone(),
-            tool: rec.tool.clone(),
-            args_sha256: rec.args_sha256.clone(),
-            outcome: outcome.to_string(),
-            policy_sha256: rec.policy_sha256.clone(),
-            detail: None,
-        }
+        AuditEntry::for_call(rec, actor, action, outcome, None)
     }
 
     /// Waits for every spawned call to finish (graceful shutdown).
@@ -291,7 +282,7 @@ impl Engine {
         user: &User,
         after: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<(String, AuditEntry)>, EngineError> {
+    ) -> Result<Vec<ChainedEntry>, EngineError> {
         if user.role != crate::policy::Role::Admin {
             return Err(EngineError::Forbidden("the audit log is for admins".into()));
         }

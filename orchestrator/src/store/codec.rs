@@ -73,6 +73,9 @@ pub struct AuditEntry {
     pub args_sha256: String,
     pub outcome: String,
     pub policy_sha256: String,
+    /// The policy rule (or session grant) that decided the call, e.g. `defaults.rules[2]`.
+    /// With `actor` it says who or what decided: a user's approval of an `ask` rule names both.
+    pub rule: String,
     pub detail: Option<String>,
 }
 
@@ -95,6 +98,7 @@ impl AuditEntry {
             args_sha256: call.args_sha256.clone(),
             outcome: outcome.into(),
             policy_sha256: call.policy_sha256.clone(),
+            rule: call.rule.clone(),
             detail,
         }
     }
@@ -119,6 +123,8 @@ impl AuditEntry {
             self.outcome.clone(),
             "policy_sha256".into(),
             self.policy_sha256.clone(),
+            "rule".into(),
+            self.rule.clone(),
         ];
         if let Some(d) = &self.detail {
             f.push("detail".into());
@@ -143,6 +149,7 @@ impl AuditEntry {
             args_sha256: get("args_sha256")?,
             outcome: get("outcome")?,
             policy_sha256: get("policy_sha256")?,
+            rule: get("rule")?,
             detail: m.get("detail").cloned(),
         })
     }

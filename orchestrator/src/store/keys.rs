@@ -79,6 +79,14 @@ impl Keys {
     pub fn audit(&self) -> String {
         format!("{}audit", self.prefix)
     }
+    /// The audit chain's head: `seq`, `hash` and stream `id` of the newest entry.
+    pub fn audit_head(&self) -> String {
+        format!("{}audit:head", self.prefix)
+    }
+    /// Where the audit was last trimmed: `seq` and `hash` of the last removed entry.
+    pub fn audit_checkpoint(&self) -> String {
+        format!("{}audit:checkpoint", self.prefix)
+    }
 }
 
 /// Session and call ids: UUID-like tokens only, so an id can never reach into another key

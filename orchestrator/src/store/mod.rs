@@ -84,6 +84,9 @@ mod leases;
 pub mod probe;
 mod sessions;
 mod stream;
+pub use audit::{
+    chain_hash, ChainPoint, ChainProblem, ChainReport, ChainedEntry, TrimReport, GENESIS_HASH,
+};
 pub use calls::CALL_CANCEL_TTL;
 pub use codec::{AuditEntry, CallRecord, DecisionResult, SessionRecord, StoredEvent};
 pub use keys::{checked_event_id, parse_event_id, valid_id, Keys};
@@ -434,10 +437,16 @@ impl Store {
             .await
     }
 
-    /// `KEYS[1..4]` of every script built on `prelude.lua`, then `more`.
+    /// `KEYS[1..5]` of every script built on `prelude.lua`, then `more`.
     fn call_keys(&self, more: &[String]) -> Vec<String> {
         let k = &self.inner.keys;
-        let mut v = vec![k.pending(), k.running(), k.runners(), k.audit()];
+        let mut v = vec![
+            k.pending(),
+            k.running(),
+            k.runners(),
+            k.audit(),
+            k.audit_head(),
+        ];
         v.extend_from_slice(more);
         v
     }
@@ -479,7 +488,7 @@ fn redact(msg: &str, secrets: &[String]) -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Lua, in `store/lua/`. The call scripts share `prelude.lua` (KEYS[1..4]: the shared indexes;
+// Lua, in `store/lua/`. The call scripts share `prelude.lua` (KEYS[1..5]: the shared indexes;
 // ARGV[1..3]: the prefix, now and the instance); the others stand alone.
 
 const PRELUDE: &str = include_str!("lua/prelude.lua");
@@ -490,6 +499,7 @@ struct Scripts {
     decide: Script,
     expire_due: Script,
     delete_session: Script,
+    trim_audit: Script,
     append_event: Script,
 }
 
@@ -501,6 +511,7 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| {
         decide: s(include_str!("lua/decide.lua")),
         expire_due: s(include_str!("lua/expire_due.lua")),
         delete_session: s(include_str!("lua/delete_session.lua")),
+        trim_audit: s(include_str!("lua/trim_audit.lua")),
         append_event: Script::new(include_str!("lua/append_event.lua")),
     }
 });

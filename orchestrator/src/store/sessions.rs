@@ -73,13 +73,28 @@ impl Store {
 
     /// Deletes a session with its events, calls and pending approvals. `NotFound` if absent.
     pub async fn delete_session(&self, id: &str) -> Result<(), StoreError> {
+        match self.delete_session_if(id, None).await? {
+            1 => Ok(()),
+            _ => Err(StoreError::NotFound),
+        }
+    }
+
+    /// 1 deleted, 0 absent, 2 not idle since `idle_before_ms` (kept).
+    async fn delete_session_if(
+        &self,
+        id: &str,
+        idle_before_ms: Option<u64>,
+    ) -> Result<i64, StoreError> {
         if !valid_id(id) {
-            return Err(StoreError::NotFound);
+            return Ok(0);
         }
         let mut args = self.base_args();
         args.push(id.into());
-        // The session first, its call list second (the script reads both); then every other
-        // key that lives and dies with it, the agent's included.
+        if let Some(t) = idle_before_ms {
+            args.push(t.to_string());
+        }
+        // The session first, its call list second and its events third (the script reads
+        // them); then every other key that lives and dies with it, the agent's included.
         let k = &self.inner.keys;
         let keys = self.call_keys(&[
             k.session(id),
@@ -90,11 +105,72 @@ impl Store {
             k.turn(id),
             k.turn_cancel(id),
         ]);
-        let n: i64 = self.invoke(&SCRIPTS.delete_session, &keys, &args).await?;
-        if n == 1 {
-            Ok(())
-        } else {
-            Err(StoreError::NotFound)
+        self.invoke(&SCRIPTS.delete_session, &keys, &args).await
+    }
+
+    /// The retention sweep: removes up to `limit` sessions (of all users) that were idle
+    /// since before `idle_before_ms` — no event since, none awaiting approval or in flight —
+    /// with everything [`Store::delete_session`] removes. Returns the ids removed.
+    pub async fn sweep_sessions(
+        &self,
+        idle_before_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let pattern = format!("{}user:*:sessions", glob_escape(self.inner.keys.prefix()));
+        let mut cursor = 0u64;
+        let mut removed = Vec::new();
+        loop {
+            let (next, user_keys): (u64, Vec<String>) = self
+                .query(
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(200)
+                        .arg("TYPE")
+                        .arg("zset"),
+                )
+                .await?;
+            for uk in user_keys {
+                // Created before the cutoff is necessary (the index is scored by creation);
+                // the script checks the rest.
+                let ids: Vec<String> = self
+                    .query(
+                        redis::cmd("ZRANGEBYSCORE")
+                            .arg(&uk)
+                            .arg("-inf")
+                            .arg(format!("({idle_before_ms}"))
+                            .arg("LIMIT")
+                            .arg(0)
+                            .arg(limit),
+                    )
+                    .await?;
+                for id in ids {
+                    if removed.len() >= limit {
+                        return Ok(removed);
+                    }
+                    if self.delete_session_if(&id, Some(idle_before_ms)).await? == 1 {
+                        removed.push(id);
+                    }
+                }
+            }
+            cursor = next;
+            if cursor == 0 {
+                return Ok(removed);
+            }
         }
     }
+}
+
+/// `s` with Redis glob metacharacters escaped, for a `SCAN MATCH` of a literal prefix.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }

@@ -2,6 +2,7 @@
 
 mod agent;
 mod api;
+mod audit;
 mod clients;
 mod deploy;
 mod escapes;

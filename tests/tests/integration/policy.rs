@@ -304,7 +304,7 @@ async fn reload_good_bad_and_sighup_keep_the_right_policy_in_force() {
         .expect("audit");
     let of_pending: Vec<_> = audit
         .iter()
-        .map(|(_, a)| a)
+        .map(|e| &e.entry)
         .filter(|a| a.call_id == id_of(&pending))
         .collect();
     assert!(

@@ -16,11 +16,11 @@ use serde_json::json;
 
 use crate::helpers::wait_redis_blocked;
 
-const HASH: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+pub(crate) const HASH: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 const OTHER_HASH: &str = "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210";
 
 /// A fresh UUID-shaped id (the tests crate has no uuid dependency).
-fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     static N: AtomicU64 = AtomicU64::new(0);
     let n = N.fetch_add(1, Ordering::SeqCst);
     let t = std::time::SystemTime::now()
@@ -48,13 +48,13 @@ fn looks_like_uuid(s: &str) -> bool {
         })
 }
 
-async fn open_store(server: &RedisServer) -> Store {
+pub(crate) async fn open_store(server: &RedisServer) -> Store {
     Store::connect(&server.url(), "airlock:")
         .await
         .expect("connect to the test redis")
 }
 
-async fn raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
+pub(crate) async fn raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
     redis::Client::open(server.url())
         .unwrap()
         .get_multiplexed_async_connection()
@@ -63,7 +63,7 @@ async fn raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
 }
 
 /// A new call of `session` in `status`; awaiting calls expire `ttl_ms` from now.
-fn new_call(session: &SessionRecord, status: CallStatus, ttl_ms: u64) -> CallRecord {
+pub(crate) fn new_call(session: &SessionRecord, status: CallStatus, ttl_ms: u64) -> CallRecord {
     let now = now_ms();
     let args = json!({"path": "notes.txt", "content": "SECRET FILE BODY"});
     CallRecord {
@@ -87,7 +87,11 @@ fn new_call(session: &SessionRecord, status: CallStatus, ttl_ms: u64) -> CallRec
 }
 
 /// A session of `owner` with one call awaiting approval for `ttl_ms`.
-async fn pending_call(store: &Store, owner: &str, ttl_ms: u64) -> (SessionRecord, CallRecord) {
+pub(crate) async fn pending_call(
+    store: &Store,
+    owner: &str,
+    ttl_ms: u64,
+) -> (SessionRecord, CallRecord) {
     let s = store.create_session(owner).await.unwrap();
     let c = new_call(&s, CallStatus::AwaitingApproval, ttl_ms);
     store.create_call(&c, proposed(&c)).await.unwrap();
@@ -95,7 +99,7 @@ async fn pending_call(store: &Store, owner: &str, ttl_ms: u64) -> (SessionRecord
 }
 
 /// The `call_proposed` event of `c`, as the engine writes it.
-fn proposed(c: &CallRecord) -> Event {
+pub(crate) fn proposed(c: &CallRecord) -> Event {
     Event::CallProposed(ev::CallProposed {
         call_id: c.id.clone(),
         status: c.status,
@@ -417,7 +421,13 @@ async fn a_call_walks_the_legal_path_with_events_and_audit() {
     let audit = store.read_audit(None, 100).await.unwrap();
     let actions: Vec<_> = audit
         .iter()
-        .map(|(_, a)| (a.action.as_str(), a.actor.as_str(), a.outcome.as_str()))
+        .map(|e| {
+            (
+                e.entry.action.as_str(),
+                e.entry.actor.as_str(),
+                e.entry.outcome.as_str(),
+            )
+        })
         .collect();
     assert_eq!(
         actions,
@@ -428,7 +438,7 @@ async fn a_call_walks_the_legal_path_with_events_and_audit() {
             ("finished", "system", "succeeded"),
         ]
     );
-    for (_, a) in &audit {
+    for a in audit.iter().map(|e| &e.entry) {
         assert_eq!(a.args_sha256, HASH);
         assert_eq!(a.call_id, c.id);
         assert_eq!(a.session_id, s.id);
@@ -447,7 +457,7 @@ async fn a_call_walks_the_legal_path_with_events_and_audit() {
         "file contents leaked into the audit stream"
     );
     // Audit pages resume after an id, like events.
-    let later = store.read_audit(Some(&audit[1].0), 100).await.unwrap();
+    let later = store.read_audit(Some(&audit[1].id), 100).await.unwrap();
     assert_eq!(later, audit[2..].to_vec());
 }
 
@@ -860,8 +870,9 @@ async fn a_wrong_hash_or_another_user_changes_nothing() {
     let audit = store.read_audit(None, 100).await.unwrap();
     let rejected: Vec<_> = audit
         .iter()
-        .filter(|(_, a)| a.action == "rejected")
-        .map(|(_, a)| (a.actor.as_str(), a.outcome.as_str()))
+        .map(|e| &e.entry)
+        .filter(|a| a.action == "rejected")
+        .map(|a| (a.actor.as_str(), a.outcome.as_str()))
         .collect();
     assert_eq!(
         rejected,
@@ -874,9 +885,9 @@ async fn a_wrong_hash_or_another_user_changes_nothing() {
     );
     let mismatch = &audit
         .iter()
-        .find(|(_, a)| a.outcome == "hash_mismatch")
+        .find(|e| e.entry.outcome == "hash_mismatch")
         .unwrap()
-        .1;
+        .entry;
     assert_eq!(mismatch.args_sha256, HASH);
     assert!(mismatch.detail.as_deref().unwrap().contains(OTHER_HASH));
 
@@ -893,7 +904,7 @@ async fn a_wrong_hash_or_another_user_changes_nothing() {
     assert_eq!(call.reason.as_deref(), Some(reason.as_str()));
     // The audit keeps a shortened reason, cut between characters.
     let audit = store.read_audit(None, 100).await.unwrap();
-    let denial = &audit.last().unwrap().1;
+    let denial = &audit.last().unwrap().entry;
     assert_eq!(denial.action, "denied");
     let kept = denial.detail.as_deref().unwrap();
     assert!(
@@ -974,8 +985,9 @@ async fn approvals_expire_with_their_ttl() {
     let audit = store.read_audit(None, 100).await.unwrap();
     let expiries: Vec<_> = audit
         .iter()
-        .filter(|(_, a)| a.action == "expired")
-        .map(|(_, a)| (a.call_id.clone(), a.actor.clone()))
+        .map(|e| &e.entry)
+        .filter(|a| a.action == "expired")
+        .map(|a| (a.call_id.clone(), a.actor.clone()))
         .collect();
     assert_eq!(
         expiries,

@@ -1,7 +1,7 @@
--- KEYS[5..8]: the session, the call, the session's call list, the session's events.
+-- KEYS[6..9]: the session, the call, the session's call list, the session's events.
 -- ARGV[4..]: id, owner, n, n field/value pairs, ne, ne (kind, data) pairs, audit pairs.
 -- Returns {'ok', id of the first event}, {'no_session'}, {'owner_mismatch'} or {'exists', status}.
-local session, call, calls, events = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local session, call, calls, events = KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local id, owner = ARGV[4], ARGV[5]
 local sowner = redis.call('HGET', session, 'owner')
 if not sowner then return {'no_session'} end
@@ -28,5 +28,5 @@ for e = 0, ne - 1 do
 end
 local audit = {}
 for i = j + 1 + 2 * ne, #ARGV do audit[#audit + 1] = ARGV[i] end
-redis.call('XADD', AUDIT, '*', unpack(audit))
+append_audit(audit)
 return {'ok', eid}

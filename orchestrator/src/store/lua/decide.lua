@@ -1,26 +1,26 @@
--- KEYS[5]: the call, KEYS[6]: its approval binding.
+-- KEYS[6]: the call, KEYS[7]: its approval binding.
 -- ARGV[4..]: id, user, presented hash, 'approved'|'denied', reason ('' = none), audit detail
 -- of a hash mismatch, audit detail of a decision (the reason, shortened).
 -- The event's data is events::CallDecided's.
 local id, user, presented, to, reason = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
-if redis.call('EXISTS', KEYS[5]) == 0 then return {'not_found'} end
+if redis.call('EXISTS', KEYS[6]) == 0 then return {'not_found'} end
 local c = load_call(id)
 if c.owner ~= user then
-  redis.call('XADD', AUDIT, '*', unpack(audit_for(id, c, user, 'rejected', 'not_owner', 'decision by a user who does not own the call')))
+  append_audit(audit_for(id, c, user, 'rejected', 'not_owner', 'decision by a user who does not own the call'))
   return {'not_owner'}
 end
 if c.status ~= 'awaiting_approval' then
-  redis.call('XADD', AUDIT, '*', unpack(audit_for(id, c, user, 'rejected', 'already_decided', 'call is ' .. c.status)))
+  append_audit(audit_for(id, c, user, 'rejected', 'already_decided', 'call is ' .. c.status))
   return {'already_decided', c.status}
 end
-local bound = redis.call('GET', KEYS[6])
+local bound = redis.call('GET', KEYS[7])
 local exp = tonumber(c.expires_at_ms or '')
 if (not bound) or (not exp) or exp <= NOWN then
   local eid = expire(id, c, 'approval window passed before ' .. user .. ' decided')
   return reply('expired', eid, id)
 end
 if bound ~= presented or c.args_sha256 ~= presented then
-  redis.call('XADD', AUDIT, '*', unpack(audit_for(id, c, user, 'rejected', 'hash_mismatch', ARGV[9])))
+  append_audit(audit_for(id, c, user, 'rejected', 'hash_mismatch', ARGV[9]))
   return reply('hash_mismatch', '', id)
 end
 local patch = {'decided_by', user, 'decided_at_ms', NOW}

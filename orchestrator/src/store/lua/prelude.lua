@@ -1,5 +1,6 @@
 -- Shared by the call scripts (create_call, transition, decide, expire_due, delete_session).
--- KEYS[1..4]: {p}pending, {p}running, {p}runners, {p}audit; each script's own keys follow.
+-- KEYS[1..5]: {p}pending, {p}running, {p}runners, {p}audit, {p}audit:head; each script's own
+-- keys follow.
 -- ARGV[1] = prefix, ARGV[2] = now (ms), ARGV[3] = the orchestrator instance sending it.
 -- Keys that depend on what the script reads (the session of a call, the calls of a session)
 -- are derived from the prefix here, so the schema targets one Redis, not Redis Cluster.
@@ -11,6 +12,7 @@ local PENDING = KEYS[1]
 local RUNNING = KEYS[2]
 local RUNNERS = KEYS[3]
 local AUDIT = KEYS[4]
+local AUDIT_HEAD = KEYS[5]
 local INFLIGHT = {approved = true, running = true}
 local function call_key(id) return P .. 'call:' .. id end
 local function approval_key(id) return P .. 'approval:' .. id end
@@ -38,12 +40,83 @@ end
 local function audit_for(id, c, actor, action, outcome, detail)
   local a = {'at_ms', NOW, 'actor', actor, 'action', action, 'session_id', c.session_id,
              'call_id', id, 'tool', c.tool, 'args_sha256', c.args_sha256,
-             'outcome', outcome, 'policy_sha256', c.policy_sha256 or ''}
+             'outcome', outcome, 'policy_sha256', c.policy_sha256 or '', 'rule', c.rule or ''}
   if detail and detail ~= '' then
     a[#a + 1] = 'detail'
     a[#a + 1] = detail
   end
   return a
+end
+
+-- SHA-256 (FIPS 180-4) over Redis's LuaBitOp: Redis's Lua has only sha1hex, and the audit
+-- chain must be computed in the script that writes the entry (store/audit.rs checks it).
+local band, bor, bxor, bnot = bit.band, bit.bor, bit.bxor, bit.bnot
+local rshift, lshift, ror, tobit = bit.rshift, bit.lshift, bit.ror, bit.tobit
+local K256 = {
+  0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+  0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+  0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+  0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+  0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+  0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+  0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+  0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2}
+
+local function sha256_hex(msg)
+  local len = #msg
+  local bits = len * 8
+  local tail = {}
+  for i = 7, 0, -1 do tail[#tail + 1] = string.char(math.floor(bits / 256 ^ i) % 256) end
+  msg = msg .. '\128' .. string.rep('\0', (64 - (len + 9) % 64) % 64) .. table.concat(tail)
+  local H = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+             0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19}
+  local w = {}
+  for i = 1, #msg, 64 do
+    for j = 0, 15 do
+      local b1, b2, b3, b4 = string.byte(msg, i + 4 * j, i + 4 * j + 3)
+      w[j] = bor(lshift(b1, 24), lshift(b2, 16), lshift(b3, 8), b4)
+    end
+    for j = 16, 63 do
+      local x, y = w[j - 15], w[j - 2]
+      local s0 = bxor(ror(x, 7), ror(x, 18), rshift(x, 3))
+      local s1 = bxor(ror(y, 17), ror(y, 19), rshift(y, 10))
+      w[j] = tobit(w[j - 16] + s0 + w[j - 7] + s1)
+    end
+    local a, b, c, d, e, f, g, h = H[1], H[2], H[3], H[4], H[5], H[6], H[7], H[8]
+    for j = 0, 63 do
+      local t1 = tobit(h + bxor(ror(e, 6), ror(e, 11), ror(e, 25))
+                       + bxor(band(e, f), band(bnot(e), g)) + K256[j + 1] + w[j])
+      local t2 = tobit(bxor(ror(a, 2), ror(a, 13), ror(a, 22))
+                       + bxor(band(a, b), band(a, c), band(b, c)))
+      h, g, f, e, d, c, b, a = g, f, e, tobit(d + t1), c, b, a, tobit(t1 + t2)
+    end
+    H[1], H[2], H[3], H[4] = tobit(H[1] + a), tobit(H[2] + b), tobit(H[3] + c), tobit(H[4] + d)
+    H[5], H[6], H[7], H[8] = tobit(H[5] + e), tobit(H[6] + f), tobit(H[7] + g), tobit(H[8] + h)
+  end
+  local out = {}
+  for i = 1, 8 do out[i] = bit.tohex(H[i], 8) end
+  return table.concat(out)
+end
+
+-- Appends audit entry `a` (flat field/value pairs) to the hash chain: `seq` and `prev` (the
+-- head's hash, or the genesis hash) are added, then `hash` over every pair before it, each
+-- as a netstring (len:bytes,). store/audit.rs (`chain_hash`) recomputes exactly this.
+local GENESIS = string.rep('0', 64)
+local function append_audit(a)
+  local head = redis.call('HMGET', AUDIT_HEAD, 'seq', 'hash')
+  local seq = string.format('%d', (tonumber(head[1]) or 0) + 1)
+  a[#a + 1] = 'seq'
+  a[#a + 1] = seq
+  a[#a + 1] = 'prev'
+  a[#a + 1] = head[2] or GENESIS
+  local parts = {'airlock-audit-v1\n'}
+  for i = 1, #a do parts[#parts + 1] = #a[i] .. ':' .. a[i] .. ',' end
+  local h = sha256_hex(table.concat(parts))
+  a[#a + 1] = 'hash'
+  a[#a + 1] = h
+  local id = redis.call('XADD', AUDIT, '*', unpack(a))
+  redis.call('HSET', AUDIT_HEAD, 'seq', seq, 'hash', h, 'id', id)
+  return id
 end
 
 -- The approval binding: a key that dies at expires_at_ms, and the pending index.
@@ -80,7 +153,7 @@ local function move(id, c, to, patch, ev_kind, ev_data, audit)
   if ev_kind then
     eid = redis.call('XADD', events_key(c.session_id), '*', 'kind', ev_kind, 'data', ev_data)
   end
-  if audit then redis.call('XADD', AUDIT, '*', unpack(audit)) end
+  if audit then append_audit(audit) end
   return eid
 end
 

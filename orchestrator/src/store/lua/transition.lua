@@ -1,8 +1,8 @@
--- KEYS[5]: the call. ARGV[4..]: id, to, allowed predecessors (comma-separated), n, n patch
+-- KEYS[6]: the call. ARGV[4..]: id, to, allowed predecessors (comma-separated), n, n patch
 -- pairs, event kind ('' = none), event data, audit pairs (none = no audit entry).
 -- Returns reply('ok', event id, id), {'not_found'}, {'conflict', status} or {'no_expiry'}.
 local id, to = ARGV[4], ARGV[5]
-if redis.call('EXISTS', KEYS[5]) == 0 then return {'not_found'} end
+if redis.call('EXISTS', KEYS[6]) == 0 then return {'not_found'} end
 local c = load_call(id)
 local ok = false
 for s in string.gmatch(ARGV[6], '[^,]+') do
