@@ -133,8 +133,10 @@ fn check_expected(ctx: &Ctx<'_>, shown: &str, current: Option<&Current>) -> Tool
     ))
 }
 
+/// The first 12 characters (a caller's `expected_sha256` may be anything: never cut inside one).
 fn short(sha: &str) -> &str {
-    &sha[..sha.len().min(12)]
+    let end = sha.char_indices().nth(12).map_or(sha.len(), |(i, _)| i);
+    &sha[..end]
 }
 
 fn finish(
@@ -601,5 +603,16 @@ mod tests {
             assert!(!t.path("new").exists());
             assert_eq!(t.read(".env"), "SECRET=1\n");
         }
+    }
+
+    /// Fuzz finding 3 (fuzz/ execute target): `short` sliced the caller's `expected_sha256`
+    /// at byte 12, which panics inside a multi-byte character (apply mode, changed file).
+    #[test]
+    fn short_never_cuts_inside_a_character() {
+        assert_eq!(super::short("0123456789abcdef"), "0123456789ab");
+        let odd = "0123456789a\u{e9}x"; // `é` is bytes 11..13
+        let s = super::short(odd);
+        assert!(odd.starts_with(s) && s.chars().count() <= 12, "{s:?}");
+        assert_eq!(super::short("\u{e9}"), "\u{e9}");
     }
 }

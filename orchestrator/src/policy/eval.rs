@@ -144,7 +144,9 @@ impl CommandPattern {
             let src = if w.glob {
                 w.text.clone()
             } else {
-                globset::escape(&w.text)
+                // globset::escape leaves `\` alone, which backslash_escape(true) would then
+                // read as an escape: a literal backslash must match itself.
+                globset::escape(&w.text).replace('\\', "\\\\")
             };
             let glob = GlobBuilder::new(&src)
                 .literal_separator(false)
@@ -689,5 +691,21 @@ mod tests {
             .unwrap()
             .matches(&words("git log")));
         assert!(!p("GIT *").matches(&words("git log")));
+    }
+
+    /// Fuzz finding 1 (fuzz/ shell target): a literal (quoted) pattern word was escaped with
+    /// `globset::escape`, which leaves a backslash alone, and compiled with
+    /// `backslash_escape(true)`: the pattern `printf 'a\nb'` matched `printf anb` and not
+    /// itself, and a word ending in a backslash did not compile.
+    #[test]
+    fn a_literal_backslash_in_a_pattern_matches_itself() {
+        let words = |s: &str| shell::parse(s).unwrap().remove(0).words;
+        for ignore_case in [false, true] {
+            let p = CommandPattern::new("printf 'a\\nb'", ignore_case).unwrap();
+            assert!(p.matches(&words("printf 'a\\nb'")));
+            assert!(!p.matches(&words("printf anb")));
+            let p = CommandPattern::new("dir 'C:\\'", ignore_case).unwrap();
+            assert!(p.matches(&words("dir 'C:\\'")));
+        }
     }
 }

@@ -826,7 +826,9 @@ fn unwrap_into(seg: Segment, out: &mut Vec<Segment>, depth: usize) -> Result<(),
             unwrap_into(s, out, depth + 1)?;
         }
         Wrapped::Script(script) => {
-            let segs = parse(&script).map_err(|e| ParseError {
+            // Unwrapped here, once, with the depth carried on (not by `parse`, which would
+            // unwrap each script again and restart the count: exponential in nesting).
+            let segs = parse_unwrapped(&script).map_err(|e| ParseError {
                 offset,
                 message: format!("in the script given to a shell: {}", e.message),
             })?;
@@ -1190,5 +1192,26 @@ mod tests {
         assert!(pattern_words("echo $HOME").is_err());
         assert!(pattern_words("").is_err());
         assert!(pattern_words("'unbalanced").is_err());
+    }
+
+    /// Fuzz finding 2 (fuzz/ shell target): each `eval`/`sh -c` script was unwrapped twice
+    /// (by `parse`, then again by `unwrap_into` on every segment `parse` returned) and each
+    /// script restarted the depth count, so `eval eval … ls` took exponential time and memory
+    /// (14 `eval`s: over 2 GB).
+    #[test]
+    fn nested_scripts_are_unwrapped_once_and_count_towards_the_depth() {
+        assert_eq!(
+            segs("eval eval 'sh -c ls'"),
+            vec![
+                v(&["eval", "eval", "sh -c ls"]),
+                v(&["eval", "sh", "-c", "ls"]),
+                v(&["sh", "-c", "ls"]),
+                v(&["ls"]),
+            ]
+        );
+        let deep = "eval ".repeat(40) + "ls";
+        let start = std::time::Instant::now();
+        assert!(parse(&deep).unwrap_err().message.contains("too deeply"));
+        assert!(start.elapsed() < std::time::Duration::from_secs(1));
     }
 }
