@@ -2,7 +2,8 @@
 # Prepares a Debian/Ubuntu Docker host for Airlock: installs what is missing (busybox-static
 # for the sandbox image, redis-server for state, runsc for gVisor; with --tests also what the
 # tests need: tmux, chromium and chromium-driver with a font for screenshots for the client
-# tests, haproxy for the compose socket-proxy test), makes sure the Docker engine answers, and
+# tests, haproxy for the compose socket-proxy test, schemathesis from PyPI for the API contract
+# test), makes sure the Docker engine answers, and
 # registers runsc with it. Idempotent; installing needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +25,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "==> installing ${missing[*]}"
   apt-get update -q
   apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# The API contract test's fuzzer (pinned: its checks change between releases).
+SCHEMATHESIS_VERSION=4.32.5
+if [ "${1:-}" = --tests ] && ! schemathesis --version 2>/dev/null | grep -qF "$SCHEMATHESIS_VERSION"; then
+  echo "==> installing schemathesis $SCHEMATHESIS_VERSION (PyPI)"
+  python3 -m pip install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+  command -v schemathesis >/dev/null || { echo "schemathesis is installed but not on PATH ($(python3 -m site --user-base)/bin?)" >&2; exit 1; }
 fi
 
 if ! docker info >/dev/null 2>&1; then

@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-host.sh --tests
 triple="$(uname -m)-unknown-linux-gnu"
+echo "==> dependency scan (cargo deny, offline advisory snapshot)"
+bash scripts/deny.sh
 echo "==> building the static executor"
 cargo rustc -q --release -p airlock-executor --bin airlock-executor --target "$triple" \
   -- -C target-feature=+crt-static

@@ -72,6 +72,20 @@ impl ToolCall {
                 Self::NAMES.join(", ")
             ));
         }
+        // serde reads a struct from a JSON array too (`[path, offset, …]`): the arguments and
+        // each edit must be objects, as their schemas say.
+        if !args.is_object() {
+            return Err(format!(
+                "invalid arguments for `{tool}`: expected a JSON object"
+            ));
+        }
+        if let Some(edits) = args.get("edits").and_then(|e| e.as_array()) {
+            if edits.iter().any(|e| !e.is_object()) {
+                return Err(format!(
+                    "invalid arguments for `{tool}`: each of `edits` must be an object"
+                ));
+            }
+        }
         let v = serde_json::json!({ "tool": tool, "args": args });
         serde_json::from_value(v).map_err(|e| format!("invalid arguments for `{tool}`: {e}"))
     }
@@ -511,6 +525,25 @@ pub struct RunShellResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by schemathesis: `{"tool": "list_dir", "args": [null, null]}` was a valid call,
+    /// because serde reads a struct from an array.
+    #[test]
+    fn arguments_and_edits_must_be_objects() {
+        use serde_json::json;
+        for (tool, args) in [
+            ("list_dir", json!([null, null])),
+            ("read_file", json!(["a.txt"])),
+            ("read_file", json!("a.txt")),
+            ("edit_file", json!({"path": "a", "edits": [["x", "y"]]})),
+        ] {
+            let e = ToolCall::from_parts(tool, args.clone()).unwrap_err();
+            assert!(e.contains("object"), "{tool} {args}: {e}");
+        }
+        assert!(ToolCall::from_parts("list_dir", json!({})).is_ok());
+        let ok = json!({"path": "a", "edits": [{"old_string": "x", "new_string": "y"}]});
+        assert!(ToolCall::from_parts("edit_file", ok).is_ok());
+    }
 
     #[test]
     fn request_round_trips() {

@@ -3,12 +3,6 @@
 
 use super::*;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct MessageBody {
-    content: String,
-}
-
 /// `POST /v1/sessions/{id}/messages {content}`: starts a turn (202), or 409 while one runs.
 pub(super) async fn send_message(
     State(st): State<AppState>,
@@ -20,7 +14,11 @@ pub(super) async fn send_message(
     let turn_id = st.agent.start_turn(&user, &id, &body.content).await?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"session_id": id, "turn_id": turn_id, "status": "running"})),
+        Json(TurnStarted {
+            session_id: id,
+            turn_id,
+            status: "running".into(),
+        }),
     )
         .into_response())
 }
@@ -30,12 +28,14 @@ pub(super) async fn get_messages(
     State(st): State<AppState>,
     AuthUser(user): AuthUser,
     Path(id): Path<String>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<Messages>, AppError> {
     let entries = st.agent.history(&user, &id).await?;
     let turn = st.agent.current_turn(&id).await?;
-    Ok(Json(
-        json!({"session_id": id, "turn_id": turn, "entries": entries}),
-    ))
+    Ok(Json(Messages {
+        session_id: id,
+        turn_id: turn,
+        entries,
+    }))
 }
 
 /// `POST /v1/sessions/{id}/cancel`: cancels the running turn (idempotent).
@@ -43,11 +43,13 @@ pub(super) async fn cancel_turn(
     State(st): State<AppState>,
     AuthUser(user): AuthUser,
     Path(id): Path<String>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<TurnCancelled>, AppError> {
     let turn = st.agent.cancel_turn(&user, &id).await?;
-    Ok(Json(
-        json!({"session_id": id, "turn_id": turn, "cancelled": turn.is_some()}),
-    ))
+    Ok(Json(TurnCancelled {
+        session_id: id,
+        cancelled: turn.is_some(),
+        turn_id: turn,
+    }))
 }
 
 /// A client's WebSocket message: `{"type": "message", "content": "…"}` or `{"type": "cancel"}`.

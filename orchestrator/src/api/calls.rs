@@ -2,39 +2,8 @@
 
 use super::*;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct ProposeBody {
-    tool: String,
-    #[serde(default = "empty_object")]
-    args: Value,
-}
-
-pub(super) fn empty_object() -> Value {
-    json!({})
-}
-
-pub(super) fn call_json(c: &CallRecord) -> Value {
-    json!({
-        "id": c.id,
-        "session_id": c.session_id,
-        "tool": c.tool,
-        "args": c.args,
-        "args_sha256": c.args_sha256,
-        "status": c.status,
-        "decision": c.decision,
-        "rule": c.rule,
-        "policy_sha256": c.policy_sha256,
-        "preview": c.preview,
-        "expires_at_ms": c.expires_at_ms,
-        "decided_by": c.decided_by,
-        "reason": c.reason,
-        "result": c.result,
-        "error": c.error,
-        "outcome": c.outcome,
-        "created_at_ms": c.created_at_ms,
-        "updated_at_ms": c.updated_at_ms,
-    })
+pub(super) fn call_json(c: &CallRecord) -> Call {
+    Call::from(c)
 }
 
 pub(super) async fn propose(
@@ -52,19 +21,13 @@ pub(super) async fn get_call(
     State(st): State<AppState>,
     AuthUser(user): AuthUser,
     Path(id): Path<String>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<CallDetail>, AppError> {
     let rec = st.engine.owned_call(&user, &id).await?;
     let output = st.engine.call_output(&rec).await?;
-    let mut v = call_json(&rec);
-    v["output"] = Value::Array(output);
-    Ok(Json(v))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct CallsQuery {
-    /// Only calls with this status (e.g. `awaiting_approval`).
-    status: Option<String>,
+    Ok(Json(CallDetail {
+        call: call_json(&rec),
+        output,
+    }))
 }
 
 /// `GET /v1/sessions/{id}/tool-calls[?status=S]`: the session's calls, oldest first (owner only).
@@ -73,15 +36,18 @@ pub(super) async fn list_session_calls(
     AuthUser(user): AuthUser,
     Path(id): Path<String>,
     q: Result<Query<CallsQuery>, QueryRejection>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<CallList>, AppError> {
     let Query(q) = q?;
     let calls = st.engine.list_calls(&user, &id).await?;
-    let calls: Vec<Value> = calls
+    let calls = calls
         .iter()
         .filter(|c| q.status.as_deref().is_none_or(|s| c.status.as_str() == s))
         .map(call_json)
         .collect();
-    Ok(Json(json!({ "session_id": id, "calls": calls })))
+    Ok(Json(CallList {
+        session_id: id,
+        calls,
+    }))
 }
 
 /// `GET /v1/audit[?after=ID&limit=N]` (admin): audit entries after `after`, oldest first.
@@ -89,7 +55,7 @@ pub(super) async fn audit_entries(
     State(st): State<AppState>,
     AuthUser(user): AuthUser,
     q: Result<Query<AfterQuery>, QueryRejection>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<AuditPage>, AppError> {
     let Query(q) = q?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let entries = st
@@ -97,15 +63,10 @@ pub(super) async fn audit_entries(
         .audit_page(&user, q.after.as_deref(), limit)
         .await?;
     let last = entries.last().map(|e| e.id.clone()).or(q.after);
-    Ok(Json(json!({ "entries": entries, "last_id": last })))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct DecisionBody {
-    decision: String,
-    args_sha256: String,
-    reason: Option<String>,
+    Ok(Json(AuditPage {
+        entries,
+        last_id: last,
+    }))
 }
 
 pub(super) async fn decide(
@@ -113,7 +74,7 @@ pub(super) async fn decide(
     AuthUser(user): AuthUser,
     Path(id): Path<String>,
     body: Result<Json<DecisionBody>, JsonRejection>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<Call>, AppError> {
     let Json(body) = body?;
     let approve = match body.decision.as_str() {
         "approve" => true,
@@ -127,11 +88,11 @@ pub(super) async fn decide(
         }
     };
     if let Some(r) = &body.reason {
-        if r.len() > 2000 {
+        if r.chars().count() > 2000 {
             return Err(AppError::new(
                 StatusCode::BAD_REQUEST,
                 "invalid_request",
-                "reason is longer than 2000 bytes",
+                "reason is longer than 2000 characters",
             ));
         }
     }
@@ -148,13 +109,6 @@ pub(super) async fn decide(
     Ok(Json(call_json(&rec)))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct GrantBody {
-    tool: String,
-    pattern: String,
-}
-
 /// `POST /v1/sessions/{id}/grants`: approve a tool + pattern for the rest of the session.
 pub(super) async fn add_grant(
     State(st): State<AppState>,
@@ -163,17 +117,22 @@ pub(super) async fn add_grant(
     body: Result<Json<GrantBody>, JsonRejection>,
 ) -> Result<Response, AppError> {
     let Json(body) = body?;
-    if body.pattern.len() > 1000 {
+    if body.pattern.chars().count() > 1000 {
         return Err(AppError::new(
             StatusCode::BAD_REQUEST,
             "invalid_request",
-            "pattern is longer than 1000 bytes",
+            "pattern is longer than 1000 characters",
         ));
     }
     let g = st
         .engine
         .add_grant(&user, &id, &body.tool, &body.pattern)
         .await?;
+    let g = GrantAdded {
+        tool: g.tool,
+        pattern: g.pattern,
+        writable: g.writable,
+    };
     Ok((StatusCode::CREATED, Json(g)).into_response())
 }
 
@@ -181,15 +140,22 @@ pub(super) async fn list_grants(
     State(st): State<AppState>,
     AuthUser(user): AuthUser,
     Path(id): Path<String>,
-) -> Result<Json<Value>, AppError> {
-    Ok(Json(st.engine.list_grants(&user, &id).await?))
+) -> Result<Json<GrantList>, AppError> {
+    let (grants, allowed) = st.engine.list_grants(&user, &id).await?;
+    Ok(Json(GrantList {
+        grants: grants
+            .into_iter()
+            .map(|(tool, pattern)| Grant { tool, pattern })
+            .collect(),
+        allowed,
+    }))
 }
 
 pub(super) async fn cancel(
     State(st): State<AppState>,
     AuthUser(user): AuthUser,
     Path(id): Path<String>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<Call>, AppError> {
     let rec = st.engine.cancel(&user, &id).await?;
     Ok(Json(call_json(&rec)))
 }

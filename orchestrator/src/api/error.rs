@@ -31,7 +31,12 @@ impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let mut res = (
             self.status,
-            Json(json!({"error": {"code": self.code, "message": self.message}})),
+            Json(ErrorBody {
+                error: ErrorDetail {
+                    code: self.code.into(),
+                    message: self.message,
+                },
+            }),
         )
             .into_response();
         if self.status == StatusCode::UNAUTHORIZED {
@@ -62,8 +67,9 @@ impl From<EngineError> for AppError {
                     "the state store (Redis) is unavailable; nothing was changed — try again shortly",
                 )
             }
-            Store(StoreError::InvalidEventId(_) | StoreError::Invalid(_)) => {
-                AppError::new(StatusCode::BAD_REQUEST, "invalid_request", e.to_string())
+            // The store's own message: this is the client's input, not a store failure.
+            Store(s @ (StoreError::InvalidEventId(_) | StoreError::Invalid(_))) => {
+                AppError::new(StatusCode::BAD_REQUEST, "invalid_request", s.to_string())
             }
             Store(StoreError::Conflict { current }) => AppError::new(
                 StatusCode::CONFLICT,

@@ -28,6 +28,8 @@ mod agent;
 mod auth;
 mod calls;
 mod error;
+pub mod model;
+pub mod openapi;
 mod sessions;
 mod streams;
 use agent::*;
@@ -36,6 +38,7 @@ use auth::*;
 use calls::*;
 pub use error::AppError;
 use error::*;
+use model::*;
 use sessions::*;
 use streams::*;
 
@@ -133,6 +136,7 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("POST", "/v1/tool-calls/{id}/decision", Access::User),
     ("POST", "/v1/tool-calls/{id}/cancel", Access::User),
     ("GET", "/v1/audit", Access::Admin),
+    ("GET", "/v1/openapi.json", Access::User),
     ("GET", "/", Access::Public),
     ("GET", "/index.html", Access::Public),
     ("GET", "/assets/app.js", Access::Public),
@@ -172,6 +176,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/tool-calls/{id}/decision", post(decide))
         .route("/v1/tool-calls/{id}/cancel", post(cancel))
         .route("/v1/audit", get(audit_entries))
+        .route("/v1/openapi.json", get(openapi_json))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             refuse_cross_site,
@@ -189,8 +194,15 @@ pub fn app(state: AppState) -> Router {
 
 // ---- health ---------------------------------------------------------------------------------
 
-async fn healthz() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+/// `GET /v1/openapi.json` (any user): the API's contract, from `openapi.rs`.
+async fn openapi_json(AuthUser(_): AuthUser) -> Json<&'static Value> {
+    Json(openapi::document())
+}
+
+async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+    })
 }
 
 async fn readyz(State(st): State<AppState>) -> Response {
@@ -202,7 +214,10 @@ async fn readyz(State(st): State<AppState>) -> Response {
     };
     (
         status,
-        Json(json!({"redis": if redis {"ok"} else {"unavailable"}, "docker": if docker {"ok"} else {"unavailable"}})),
+        Json(Readiness {
+            redis: if redis { "ok" } else { "unavailable" }.into(),
+            docker: if docker { "ok" } else { "unavailable" }.into(),
+        }),
     )
         .into_response()
 }
@@ -220,12 +235,4 @@ async fn metrics(
     }
     let text = st.engine.metrics_text().await;
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
-}
-
-/// `?after=ID&limit=N`: a resume point in a stream (session events, the audit page).
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AfterQuery {
-    pub(super) after: Option<String>,
-    pub(super) limit: Option<usize>,
 }

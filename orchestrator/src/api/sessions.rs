@@ -7,19 +7,17 @@ pub(super) async fn create_session(
     AuthUser(user): AuthUser,
 ) -> Result<Response, AppError> {
     let s = st.engine.create_session(&user).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({"id": s.id, "owner": s.owner, "created_at_ms": s.created_at_ms})),
-    )
-        .into_response())
+    Ok((StatusCode::CREATED, Json(Session::from(&s))).into_response())
 }
 
 pub(super) async fn list_sessions(
     State(st): State<AppState>,
     AuthUser(user): AuthUser,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<SessionList>, AppError> {
     let list = st.engine.list_sessions(&user).await?;
-    Ok(Json(json!({ "sessions": list })))
+    Ok(Json(SessionList {
+        sessions: list.iter().map(Session::from).collect(),
+    }))
 }
 
 pub(super) async fn get_session(
@@ -27,7 +25,7 @@ pub(super) async fn get_session(
     AuthUser(user): AuthUser,
     Path(id): Path<String>,
     q: Result<Query<AfterQuery>, QueryRejection>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<SessionDetail>, AppError> {
     let Query(q) = q?;
     let s = st.engine.owned_session(&user, &id).await?;
     let limit = q.limit.unwrap_or(1000).min(10_000);
@@ -35,10 +33,10 @@ pub(super) async fn get_session(
         .engine
         .history(&user, &id, q.after.as_deref(), limit)
         .await?;
-    Ok(Json(json!({
-        "id": s.id, "owner": s.owner, "created_at_ms": s.created_at_ms,
-        "events": events.iter().map(event_json).collect::<Vec<_>>(),
-    })))
+    Ok(Json(SessionDetail {
+        session: Session::from(&s),
+        events: events.iter().map(SessionEvent::from).collect(),
+    }))
 }
 
 pub(super) async fn delete_session(

@@ -60,7 +60,7 @@ impl Engine {
         session_id: &str,
         tool: &str,
         pattern: &str,
-    ) -> Result<Value, EngineError> {
+    ) -> Result<ev::SessionGrant, EngineError> {
         self.owned_session(user, session_id).await?;
         if !self.policy().session_grants_allowed(user) {
             return Err(EngineError::Forbidden(
@@ -79,9 +79,7 @@ impl Engine {
             .add_grant(session_id, &shown, MAX_GRANTS_PER_SESSION)
             .await?
         {
-            GrantAdded::Added | GrantAdded::Exists => {
-                Ok(serde_json::to_value(&shown).expect("a grant serializes"))
-            }
+            GrantAdded::Added | GrantAdded::Exists => Ok(shown),
             GrantAdded::Full => Err(EngineError::Conflict(format!(
                 "this session already has {MAX_GRANTS_PER_SESSION} grants"
             ))),
@@ -109,18 +107,20 @@ impl Engine {
     }
 
     /// The session's grants.
-    pub async fn list_grants(&self, user: &User, session_id: &str) -> Result<Value, EngineError> {
+    /// The session's grants as (tool, pattern), and whether the policy lets `user` grant.
+    pub async fn list_grants(
+        &self,
+        user: &User,
+        session_id: &str,
+    ) -> Result<(Vec<(String, String)>, bool), EngineError> {
         self.owned_session(user, session_id).await?;
-        let list: Vec<Value> = self
+        let list = self
             .grants(session_id)
             .await?
-            .iter()
-            .map(|g| json!({"tool": g.tool.as_str(), "pattern": g.pattern}))
+            .into_iter()
+            .map(|g| (g.tool.as_str().to_string(), g.pattern))
             .collect();
-        Ok(json!({
-            "grants": list,
-            "allowed": self.policy().session_grants_allowed(user),
-        }))
+        Ok((list, self.policy().session_grants_allowed(user)))
     }
 
     /// The output a call has produced so far, in order. Only the session's events from the

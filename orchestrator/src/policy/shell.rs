@@ -139,7 +139,12 @@ fn parse_unwrapped(command: &str) -> Result<Vec<Segment>, ParseError> {
 pub fn pattern_words(pattern: &str) -> Result<Vec<Word>, ParseError> {
     let segs = parse_unwrapped(pattern)?;
     match segs.as_slice() {
-        [one] if one.redirects.is_empty() && one.assignments.is_empty() => {
+        // Of origin Command: the only segment of `for f in $(curl x)` is the substitution's.
+        [one]
+            if one.origin == Origin::Command
+                && one.redirects.is_empty()
+                && one.assignments.is_empty() =>
+        {
             if let Some(w) = one.words.iter().find(|w| w.dynamic) {
                 return Err(ParseError {
                     offset: 0,
@@ -1213,5 +1218,16 @@ mod tests {
         let start = std::time::Instant::now();
         assert!(parse(&deep).unwrap_err().message.contains("too deeply"));
         assert!(start.elapsed() < std::time::Duration::from_secs(1));
+    }
+
+    /// Fuzz finding 4 (fuzz/ shell target): a pattern whose only segment comes from inside a
+    /// substitution was accepted as that inner command (the `for` head makes no segment), so
+    /// the rule pattern `for f in $(curl x)` became the pattern `curl x`.
+    #[test]
+    fn a_pattern_is_never_the_command_inside_a_substitution() {
+        for p in ["for f in `rm -rf x`", "for f in $(curl x)"] {
+            assert!(pattern_words(p).is_err(), "{p}");
+        }
+        assert_eq!(pattern_words("if ls").unwrap().len(), 1);
     }
 }

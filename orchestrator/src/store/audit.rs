@@ -36,7 +36,7 @@ pub fn chain_hash<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> St
 }
 
 /// One stored audit entry with its stream id and its links in the chain.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct ChainedEntry {
     pub id: String,
     pub seq: u64,

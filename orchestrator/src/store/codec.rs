@@ -61,7 +61,7 @@ impl StoredEvent {
 }
 
 /// One entry of the audit stream. Never file contents or tokens: ids, hashes, names, outcomes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AuditEntry {
     pub at_ms: u64,
     pub actor: String,

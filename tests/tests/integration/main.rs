@@ -4,6 +4,7 @@ mod agent;
 mod api;
 mod audit;
 mod clients;
+mod contract;
 mod deploy;
 mod escapes;
 mod exhaustion;
