@@ -8,6 +8,8 @@ bash scripts/setup-host.sh --tests
 triple="$(uname -m)-unknown-linux-gnu"
 echo "==> dependency scan (cargo deny, offline advisory snapshot)"
 bash scripts/deny.sh
+echo "==> fuzzing each parser briefly (cargo fuzz)"
+bash scripts/fuzz.sh --ci
 echo "==> building the static executor"
 cargo rustc -q --release -p airlock-executor --bin airlock-executor --target "$triple" \
   -- -C target-feature=+crt-static

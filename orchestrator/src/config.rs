@@ -605,6 +605,27 @@ mod tests {
     }
 
     #[test]
+    fn retention_is_checked_and_cuts_off_by_days() {
+        let mut c = Config::default();
+        c.validate("x").unwrap();
+        let day = 86_400_000;
+        let now = 100 * day;
+        assert_eq!(c.retention.session_cutoff_ms(now), Some(70 * day));
+        assert_eq!(c.retention.audit_cutoff_ms(now), Some(0));
+        c.retention.audit_days = 10;
+        let err = c.validate("x").unwrap_err().to_string();
+        assert!(err.contains("retention.audit_days"), "{err}");
+        c.retention.session_days = 0;
+        assert!(c.validate("x").is_err(), "sessions forever, audit trimmed");
+        c.retention.audit_days = 0;
+        c.validate("x").unwrap();
+        assert_eq!(c.retention.session_cutoff_ms(now), None);
+        assert_eq!(c.retention.audit_cutoff_ms(now), None);
+        c.retention.sweep_secs = 0;
+        assert!(c.validate("x").is_err());
+    }
+
+    #[test]
     fn llm_settings_are_checked() {
         let mut c = Config::default();
         c.llm.base_url = Some("ftp://x".into());
