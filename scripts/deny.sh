@@ -90,6 +90,11 @@ if (( snap_age_days > 90 )); then
   echo "scripts/deny.sh: WARNING: the advisory snapshot is over 90 days old; advisories published since $snap_date are not checked. Refresh shared/advisory-db, or run with AIRLOCK_ADVISORY_DB=live where the network allows." >&2
 fi
 
+# cargo-deny reads `cargo metadata --offline`, which needs every crate in Cargo.lock on disk,
+# those of other platforms too (a build fetches only this one's): fetch them all first. This
+# is the one step that uses the network (the crates registry), and a no-op once fetched.
+cargo fetch --locked --quiet || die "cargo fetch failed: the crates registry is needed once to fetch every locked crate"
+
 # (d) Offline: --offline stops cargo-deny fetching the advisory db (it opens db-path as is)
 # and the cargo index/crates (`cargo metadata --offline`); --locked fails rather than touch
 # Cargo.lock. cargo-deny exits non-zero on any error-level finding.
