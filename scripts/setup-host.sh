@@ -3,7 +3,7 @@
 # for the sandbox image, redis-server for state, runsc for gVisor; with --tests also what the
 # tests need: tmux, chromium and chromium-driver with a font for screenshots for the client
 # tests, haproxy for the compose socket-proxy test, schemathesis from PyPI for the API contract
-# test), makes sure the Docker engine answers, and
+# test, the MCP Python SDK 2.x and 1.x in venvs for the MCP tests), makes sure the Docker engine answers, and
 # registers runsc with it. Idempotent; installing needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +33,20 @@ if [ "${1:-}" = --tests ] && ! schemathesis --version 2>/dev/null | grep -qF "$S
   echo "==> installing schemathesis $SCHEMATHESIS_VERSION (PyPI)"
   python3 -m pip install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
   command -v schemathesis >/dev/null || { echo "schemathesis is installed but not on PATH ($(python3 -m site --user-base)/bin?)" >&2; exit 1; }
+fi
+
+# The MCP tests' clients: the official Python SDK in both protocol eras (2.x speaks 2026-07-28,
+# 1.x 2025-11-25), each in its own venv (pinned; the tests find them at these paths).
+MCP_VENVS="${AIRLOCK_MCP_VENVS:-/opt/airlock-tests}"
+if [ "${1:-}" = --tests ]; then
+  for pin in mcp2:2.3.0 mcp1:1.30.0; do
+    name="${pin%%:*}"; version="${pin#*:}"; venv="$MCP_VENVS/$name"
+    if ! "$venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('mcp') != '$version')" 2>/dev/null; then
+      echo "==> installing mcp $version (PyPI) in $venv"
+      python3 -m venv "$venv"
+      "$venv/bin/python" -m pip install -q --disable-pip-version-check "mcp==$version"
+    fi
+  done
 fi
 
 if ! docker info >/dev/null 2>&1; then

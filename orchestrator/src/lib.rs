@@ -16,6 +16,7 @@ pub mod events;
 pub mod limits;
 pub mod llm;
 pub mod logging;
+pub mod mcp;
 pub mod metrics;
 pub mod policy;
 pub mod quota;

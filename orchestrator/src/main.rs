@@ -79,6 +79,11 @@ enum Command {
     /// The audit log: tail it through the API (admins), verify its hash chain, export it.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// An MCP server on stdio for agent hosts that spawn local servers (Claude Code, Codex):
+    /// each message goes to the server's /mcp endpoint, where every tool call passes the
+    /// policy, the preview and the approval like any other. Token: AIRLOCK_TOKEN or
+    /// ~/.config/airlock/token. Example: `claude mcp add airlock -- airlock mcp --server URL`.
+    Mcp(airlock::client::mcp::McpArgs),
 }
 
 #[derive(Subcommand)]
@@ -294,6 +299,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Chat(args) => Ok(airlock::client::chat::run(args).await?),
         Command::Sessions(cmd) => Ok(airlock::client::sessions_cmd(cmd).await?),
         Command::Calls(cmd) => Ok(airlock::client::calls_cmd(cmd).await?),
+        Command::Mcp(args) => {
+            airlock::client::mcp::run(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Audit(AuditCmd::Tail(args)) => Ok(airlock::client::audit_tail(args).await?),
         Command::Audit(AuditCmd::Verify(args)) => cli::audit::verify(args).await,
         Command::Audit(AuditCmd::Export(args)) => cli::audit::export(args).await,

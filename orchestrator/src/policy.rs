@@ -322,6 +322,12 @@ impl Policy {
         self.effective(user).is_some_and(|e| e.session_grants)
     }
 
+    /// Whether `user`'s approvals must be given in Airlock itself (never in an MCP client).
+    /// An unknown user gets `true`: the stricter answer.
+    pub fn approve_in_airlock(&self, user: &User) -> bool {
+        self.effective(user).is_none_or(|e| e.approve_in_airlock)
+    }
+
     /// `(concurrent calls, calls per minute)` limits of `user`.
     pub fn call_limits(&self, user: &User) -> (Option<u32>, Option<u32>) {
         self.effective(user)
@@ -399,6 +405,7 @@ struct Compiled {
     image: Option<String>,
     approval_ttl_secs: Option<u64>,
     session_grants: Option<bool>,
+    approve_in_airlock: Option<bool>,
     protected: Option<Vec<ProtectedPath>>,
 }
 
@@ -597,6 +604,7 @@ impl Compiler<'_> {
             c.approval_ttl_secs = Some(v);
         }
         c.session_grants = l.session_grants;
+        c.approve_in_airlock = l.approve_in_airlock;
         if let Some(list) = &l.protected {
             let mut out = Vec::new();
             for p in list {
@@ -762,6 +770,7 @@ fn merge(layers: &[&Compiled]) -> Effective {
         protected: default_protected(),
         approval_ttl_secs: None,
         session_grants: false,
+        approve_in_airlock: false,
         concurrent_calls: None,
         calls_per_minute: None,
     };
@@ -812,6 +821,9 @@ fn merge(layers: &[&Compiled]) -> Effective {
         }
         if let Some(g) = l.session_grants {
             eff.session_grants = g;
+        }
+        if let Some(a) = l.approve_in_airlock {
+            eff.approve_in_airlock = a;
         }
         if let Some(p) = &l.protected {
             if i == 0 {

@@ -251,6 +251,22 @@ impl Fixture {
             .unwrap_or_else(|e| panic!("the test config does not load: {e}"))
     }
 
+    /// Every audit entry, after checking that the chain verifies (it always should).
+    pub async fn verified_audit(&self) -> Vec<airlock::store::AuditEntry> {
+        let store = airlock::store::Store::connect(&self.redis.url(), "airlock-test:")
+            .await
+            .unwrap();
+        let report = store.verify_audit(&[]).await.unwrap();
+        assert_eq!(report.problem, None, "{report:?}");
+        store
+            .read_audit(None, 10_000)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.entry)
+            .collect()
+    }
+
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }

@@ -6,7 +6,7 @@ use super::*;
 /// `Authorization: Bearer …` or, for browser WebSockets, as a `airlock.token.…` subprotocol.
 pub struct AuthUser(pub User);
 
-pub(super) fn presented_token(headers: &HeaderMap) -> Option<String> {
+pub(crate) fn presented_token(headers: &HeaderMap) -> Option<String> {
     if let Some(v) = headers.get(header::AUTHORIZATION) {
         let v = v.to_str().ok()?;
         let token = v.strip_prefix("Bearer ")?.trim();
@@ -55,7 +55,7 @@ pub(super) async fn refuse_cross_site(
 }
 
 /// A present Origin must be allowlisted.
-pub(super) fn check_origin(headers: &HeaderMap, state: &AppState) -> Result<(), AppError> {
+pub(crate) fn check_origin(headers: &HeaderMap, state: &AppState) -> Result<(), AppError> {
     match headers.get(header::ORIGIN) {
         None => Ok(()),
         Some(o) => {

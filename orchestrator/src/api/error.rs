@@ -18,6 +18,14 @@ impl AppError {
             message: message.into(),
         }
     }
+    /// The stable error code (`not_found`, `busy`, `store_unavailable`, …).
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+    /// The message for the client.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
     pub(super) fn unauthorized() -> AppError {
         AppError::new(
             StatusCode::UNAUTHORIZED,

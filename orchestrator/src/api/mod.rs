@@ -35,6 +35,7 @@ mod streams;
 use agent::*;
 pub use auth::AuthUser;
 use auth::*;
+pub(crate) use auth::{check_origin, presented_token};
 use calls::*;
 pub use error::AppError;
 use error::*;
@@ -185,6 +186,7 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .merge(authenticated)
+        .merge(crate::mcp::routes(&state))
         .merge(crate::web::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -8,6 +8,7 @@
 //! terminal.
 
 pub mod chat;
+pub mod mcp;
 pub mod render;
 
 use std::path::PathBuf;

@@ -28,6 +28,7 @@ use crate::store::{
 
 // The engine's work, by concern; each is an `impl Engine` block.
 mod decide;
+mod mcp;
 mod propose;
 mod recovery;
 mod retention;

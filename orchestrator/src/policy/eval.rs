@@ -247,6 +247,8 @@ pub struct Effective {
     pub protected: Vec<ProtectedPath>,
     pub approval_ttl_secs: Option<u64>,
     pub session_grants: bool,
+    /// Approvals only in Airlock itself, never asked of an MCP client.
+    pub approve_in_airlock: bool,
     pub concurrent_calls: Option<u32>,
     pub calls_per_minute: Option<u32>,
 }

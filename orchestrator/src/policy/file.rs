@@ -77,6 +77,10 @@ pub struct Layer {
     /// session. Built-in default: false.
     #[serde(default)]
     pub session_grants: Option<bool>,
+    /// Whether approvals must be given in Airlock itself (web UI, `airlock calls approve`):
+    /// MCP clients are then never asked, even when they could answer. Built-in default: false.
+    #[serde(default)]
+    pub approve_in_airlock: Option<bool>,
     /// Paths no tool may read (`no_access`) or write (`read_only`), checked by the executor on
     /// the resolved path whatever the rules say. In `[defaults]` this list replaces the
     /// built-in one (`.git/**` read-only; `**/.env`, `**/*.pem`, `**/id_*` no access); in
@@ -142,6 +146,9 @@ pub struct UserEntry {
     /// Per-user: may this user approve patterns for the rest of a session?
     #[serde(default)]
     pub session_grants: Option<bool>,
+    /// Per-user: must approvals be given in Airlock itself, never in an MCP client?
+    #[serde(default)]
+    pub approve_in_airlock: Option<bool>,
     /// Protected paths added for this user.
     #[serde(default)]
     #[schemars(with = "Option<Vec<Protected>>")]
@@ -160,6 +167,7 @@ impl UserEntry {
             image: self.image.clone(),
             approval_ttl_secs: self.approval_ttl_secs.clone(),
             session_grants: self.session_grants,
+            approve_in_airlock: self.approve_in_airlock,
             protected: self.protected.clone(),
         }
     }

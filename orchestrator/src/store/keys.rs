@@ -76,6 +76,15 @@ impl Keys {
     pub fn turn_cancel(&self, sid: &str) -> String {
         format!("{}:turn_cancel", self.session(sid))
     }
+    /// The Airlock session an MCP conversation of `owner` runs in (`store/mcp.rs`); `conv` is
+    /// a hex digest, never the client's own text.
+    pub fn mcp_conversation(&self, owner: &str, conv: &str) -> String {
+        format!("{}user:{owner}:mcp:{conv}", self.prefix)
+    }
+    /// The key every replica signs MCP `requestState` with (`store/mcp.rs`).
+    pub fn mcp_state_key(&self) -> String {
+        format!("{}mcp:state_key", self.prefix)
+    }
     pub fn audit(&self) -> String {
         format!("{}audit", self.prefix)
     }

@@ -24,6 +24,8 @@
 //! | `{p}instance:{name}` | string: the holder (`host/pid/uuid`) of instance `name`'s lease, renewed while that orchestrator lives | `claim_instance`, `renew_instance`, `release_instance` | `PX` = [`INSTANCE_LEASE`] |
 //! | `{p}user:{name}:slots`, `{p}user:{name}:proposals`, `{p}session:{sid}:grants` | quotas and grants: see `store/quota.rs` | | |
 //! | `{p}session:{sid}:history`, `{p}session:{sid}:turn`, `{p}session:{sid}:turn_cancel` | the agent's conversation and turn lock: see `store/history.rs` | | deleted with the session, in the same script |
+//! | `{p}user:{owner}:mcp:{digest}` | string: the session an MCP conversation runs in (`digest` = sha256 of the client's name and conversation id) | `bind_mcp_conversation` | `EX` = 30 days, renewed on use |
+//! | `{p}mcp:state_key` | string: 32 random bytes (hex) that sign MCP `requestState` on every replica | `mcp_state_key` (`SET NX`) | none |
 //! | `{p}audit` | stream, entries: the [`AuditEntry`] fields | `create_call`, `transition`, `decide`, `expire_due` | none (append-only, never trimmed) |
 //!
 //! # Atomicity
@@ -81,6 +83,7 @@ mod calls;
 mod codec;
 mod keys;
 mod leases;
+mod mcp;
 pub mod probe;
 mod sessions;
 mod stream;

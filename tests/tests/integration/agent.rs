@@ -185,19 +185,7 @@ fn untrusted(text: &str) {
 }
 
 async fn audit(server: &TestServer) -> Vec<airlock::store::AuditEntry> {
-    let store = airlock::store::Store::connect(&server.redis.url(), "airlock-test:")
-        .await
-        .unwrap();
-    // Every real session's audit is a chain that verifies.
-    let report = store.verify_audit(&[]).await.unwrap();
-    assert_eq!(report.problem, None, "{report:?}");
-    store
-        .read_audit(None, 10_000)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.entry)
-        .collect()
+    server.verified_audit().await
 }
 
 // ---- a whole conversation -------------------------------------------------------------------

@@ -11,6 +11,7 @@ mod exhaustion;
 mod helpers;
 mod http;
 mod lifecycle;
+mod mcp;
 mod policy;
 mod pool;
 mod posture;
