@@ -67,7 +67,8 @@ async def main():
         spec = json.loads(ARG)
         cb = await answer_with(spec["answer"]) if spec.get("answer") else None
         async with client(cb) as c:
-            r = await c.call_tool(spec["tool"], spec["args"], progress_callback=progress)
+            meta = {"dev.airlock/conversation": spec["conversation"]} if spec.get("conversation") else None
+            r = await c.call_tool(spec["tool"], spec["args"], progress_callback=progress, meta=meta)
             out["result"] = dump(r)
     elif SCENARIO == "unknown-tool":
         async with client() as c:

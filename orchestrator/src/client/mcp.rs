@@ -235,7 +235,11 @@ impl Bridge {
         if let Some(m) = method {
             req = req.header("mcp-method", m);
             let name = params
-                .and_then(|p| p.get("name").or_else(|| p.get("uri")))
+                .and_then(|p| {
+                    p.get("name")
+                        .or_else(|| p.get("uri"))
+                        .or_else(|| p.get("taskId"))
+                })
                 .and_then(Value::as_str);
             if let Some(n) = name {
                 req = req.header("mcp-name", header_value(n));

@@ -9,10 +9,12 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ElicitRequest,
-    ElicitationAction, ErrorData, Implementation, InputRequest, InputRequiredResult,
+    CallToolRequestParams, CallToolResponse, CallToolResult, CancelTaskParams, ContentBlock,
+    CreateTaskResult, DetailedTask, ElicitRequest, ElicitationAction, ErrorData, GetTaskParams,
+    GetTaskResult, Implementation, InputRequest, InputRequests, InputRequiredResult,
     ListToolsResult, PaginatedRequestParams, ProgressNotificationParam, ProtocolVersion,
-    RequestStateCodec, ServerCapabilities, ServerConfig,
+    RequestStateCodec, ServerCapabilities, ServerConfig, Task, TaskPayload, TaskStatus,
+    UpdateTaskParams,
 };
 use rmcp::service::{RequestContext, RoleServer};
 use rmcp::ServerHandler;
@@ -32,6 +34,10 @@ use crate::store::{now_ms, CallRecord};
 const MAX_RESULT_BYTES: usize = 256 * 1024;
 /// How often a call that waits (for approval in Airlock, or while it runs) reports progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+/// For a client of the tasks extension: a call not final within this long becomes a task.
+const TASK_AFTER: Duration = Duration::from_secs(2);
+/// How often a task's client should poll `tasks/get`.
+const TASK_POLL_MS: u64 = 500;
 
 const INSTRUCTIONS: &str = "Airlock runs these tools on the user's workspace inside an \
 isolated sandbox (no network, protected files invisible). The administrator's policy decides \
@@ -169,6 +175,24 @@ impl AirlockMcp {
             Err(e) => return Ok(failure(&name, e).into()),
         };
         tracing::info!(call_id = %rec.id, tool = %name, status = %rec.status, client = %client, "mcp tools/call");
+        if modern(&ctx)
+            && ctx
+                .client_capabilities()
+                .is_some_and(|c| c.supports_tasks())
+        {
+            // The tasks extension: the call is the task (its id the task's), durable in
+            // Redis; a quick call still answers at once.
+            if rec.status != CallStatus::AwaitingApproval {
+                let quick =
+                    tokio::time::timeout(TASK_AFTER, self.finish(&user, &name, &rec.id, &ctx));
+                if let Ok(result) = quick.await {
+                    return Ok(result.into());
+                }
+            }
+            let rec = self.engine.owned_call(&user, &rec.id).await.unwrap_or(rec);
+            let task = self.task(&user, &rec, &ctx, &client).await.task;
+            return Ok(CreateTaskResult::new(task).into());
+        }
         if rec.status == CallStatus::AwaitingApproval && self.may_ask(&user, &ctx) {
             if modern(&ctx) {
                 return Ok(self.question(&user, &rec, &args, &client).await);
@@ -176,6 +200,76 @@ impl AirlockMcp {
             self.ask_session(&user, &rec, &ctx, &client).await;
         }
         Ok(self.finish(&user, &name, &rec.id, &ctx).await.into())
+    }
+
+    /// A call as a task of the tasks extension: `input_required` with the approval question
+    /// while it waits and the client can be asked, `working` while it waits in Airlock or
+    /// runs, `completed` with its result (an `isError` one when it was denied or failed),
+    /// `cancelled` when it was cancelled before it ran.
+    async fn task(
+        &self,
+        user: &User,
+        rec: &CallRecord,
+        ctx: &RequestContext<RoleServer>,
+        client: &str,
+    ) -> DetailedTask {
+        let iso = |ms: u64| format!("{}Z", crate::client::render::utc(ms).replacen(' ', "T", 1));
+        let base = Task::new(
+            rec.id.clone(),
+            TaskStatus::Working,
+            iso(rec.created_at_ms),
+            iso(rec.updated_at_ms),
+        )
+        .with_poll_interval_ms(TASK_POLL_MS);
+        let payload = match rec.status {
+            CallStatus::AwaitingApproval if self.may_ask(user, ctx) => {
+                let left = rec.expires_at_ms.unwrap_or(0).saturating_sub(now_ms());
+                let message = approval::question(rec, client, left.div_ceil(1000));
+                let ask =
+                    InputRequest::Elicitation(ElicitRequest::new(approval::elicitation(message)));
+                let input_requests: InputRequests = [(approval::INPUT_KEY.to_string(), ask)]
+                    .into_iter()
+                    .collect();
+                TaskPayload::InputRequired { input_requests }
+            }
+            s if !s.is_terminal() => TaskPayload::Working,
+            CallStatus::Cancelled if rec.outcome.is_none() => TaskPayload::Cancelled,
+            _ => {
+                let output = match self.engine.call_output(rec).await {
+                    Ok(o) => o
+                        .iter()
+                        .filter_map(|v| v["data"].as_str())
+                        .collect::<String>(),
+                    Err(_) => String::new(),
+                };
+                let result = serde_json::to_value(call_result(rec, &output))
+                    .ok()
+                    .and_then(|v| v.as_object().cloned())
+                    .unwrap_or_default();
+                TaskPayload::Completed { result }
+            }
+        };
+        let base = if payload.status() == TaskStatus::Working {
+            base.with_status_message(progress_message(rec))
+        } else {
+            base
+        };
+        DetailedTask::new(base, payload)
+    }
+
+    /// The call behind a task id, if it is this user's.
+    async fn task_call(&self, user: &User, task_id: &str) -> Result<CallRecord, ErrorData> {
+        match self.engine.owned_call(user, task_id).await {
+            Ok(r) => Ok(r),
+            Err(EngineError::NotFound(_)) => Err(ErrorData::invalid_params(
+                format!("unknown task `{task_id}`"),
+                None,
+            )),
+            Err(e) => Err(ErrorData::internal_error(
+                AppError::from(e).message().to_string(),
+                None,
+            )),
+        }
     }
 
     /// Whether the client is asked: it declared it can answer (elicitation), and the policy
@@ -517,7 +611,11 @@ fn failure(tool: &str, e: EngineError) -> CallToolResult {
 
 impl ServerHandler for AirlockMcp {
     fn get_info(&self) -> ServerConfig {
-        let mut info = ServerConfig::new(ServerCapabilities::builder().enable_tools().build());
+        let caps = ServerCapabilities::builder()
+            .enable_tools()
+            .enable_tasks()
+            .build();
+        let mut info = ServerConfig::new(caps);
         info.server_info =
             Implementation::new("airlock", env!("CARGO_PKG_VERSION")).with_title("Airlock");
         info.instructions = Some(INSTRUCTIONS.into());
@@ -548,5 +646,55 @@ impl ServerHandler for AirlockMcp {
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         self.call(request, ctx).await
+    }
+
+    async fn get_task(
+        &self,
+        request: GetTaskParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<GetTaskResult, ErrorData> {
+        let user = self.user(&ctx)?;
+        let rec = self.task_call(&user, &request.task_id).await?;
+        let client = client_name(&ctx);
+        Ok(GetTaskResult::new(
+            self.task(&user, &rec, &ctx, &client).await,
+        ))
+    }
+
+    /// The answer to a task's approval question: the task is the call, so it decides that
+    /// call (owner only, bound to the stored `args_sha256`, at most once).
+    async fn update_task(
+        &self,
+        request: UpdateTaskParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        let user = self.user(&ctx)?;
+        let rec = self.task_call(&user, &request.task_id).await?;
+        if rec.status == CallStatus::AwaitingApproval {
+            let approve = match approval::answer(Some(&request.input_responses)) {
+                Answer::Accept => Some(true),
+                Answer::Decline | Answer::Cancel => Some(false),
+                Answer::Missing => None, // responses for keys we did not ask are ignored
+            };
+            if let Some(approve) = approve {
+                self.decide(&user, &rec, approve, &client_name(&ctx)).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn cancel_task(
+        &self,
+        request: CancelTaskParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        let user = self.user(&ctx)?;
+        let rec = self.task_call(&user, &request.task_id).await?;
+        if !rec.status.is_terminal() {
+            if let Err(e) = self.engine.cancel(&user, &rec.id).await {
+                tracing::info!(call_id = %rec.id, error = %e, "mcp: tasks/cancel did not apply");
+            }
+        }
+        Ok(())
     }
 }

@@ -297,6 +297,24 @@ async fn modern_client_lists_tools_reads_and_writes_with_approval_bound_to_the_c
     );
     assert!(!server.alice.workspace.exists("no.txt"));
 
+    // Stateless calls of one client share its Airlock session; a conversation id gets its own.
+    let sid = |r: &Value| structured(r)["session_id"].as_str().unwrap().to_string();
+    assert_eq!(sid(&read), sid(&accepted), "one session per client");
+    let other = modern(
+        &server,
+        "call",
+        Some(json!({"tool": "list_dir", "args": {}, "conversation": "thread-42"})),
+    )
+    .await;
+    let again = modern(
+        &server,
+        "call",
+        Some(json!({"tool": "list_dir", "args": {}, "conversation": "thread-42"})),
+    )
+    .await;
+    assert_ne!(sid(&other), sid(&read), "{other}");
+    assert_eq!(sid(&other), sid(&again), "{again}");
+
     // An unknown tool is a JSON-RPC error (invalid params), not a call.
     let unknown = modern(&server, "unknown-tool", None).await;
     assert_eq!(unknown["error"]["code"], -32602, "{unknown}");
@@ -707,5 +725,188 @@ async fn the_stdio_bridge_serves_the_sdks_stdio_client() {
     assert_eq!(
         server.alice.workspace.read("stdio.txt").as_deref(),
         Some("over stdio\n")
+    );
+}
+
+/// One 2026-07-28 request over plain HTTP (for what the SDKs do not drive yet: the tasks
+/// extension); the result or error of its JSON-RPC response, from JSON or an SSE stream.
+async fn rpc(server: &TestServer, method: &str, mut params: Value) -> Value {
+    params["_meta"] = json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientInfo": {"name": "airlock-tests-tasks", "version": "1"},
+        "io.modelcontextprotocol/clientCapabilities": {
+            "elicitation": {},
+            "extensions": {"io.modelcontextprotocol/tasks": {}},
+        },
+    });
+    let mut req = reqwest::Client::new()
+        .post(mcp_url(server))
+        .bearer_auth(&server.alice.token)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", method);
+    if let Some(name) = params["name"].as_str().or(params["taskId"].as_str()) {
+        req = req.header("mcp-name", name);
+    }
+    let body = json!({"jsonrpc": "2.0", "id": 7, "method": method, "params": params});
+    let text = req.json(&body).send().await.unwrap().text().await.unwrap();
+    let messages: Vec<Value> = if text.trim_start().starts_with('{') {
+        vec![serde_json::from_str(&text).unwrap()]
+    } else {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .filter_map(|d| serde_json::from_str(d.trim()).ok())
+            .collect()
+    };
+    let response = messages
+        .into_iter()
+        .find(|m| m["id"] == 7)
+        .unwrap_or_else(|| panic!("no response to {method}: {text}"));
+    response
+}
+
+async fn task_until(server: &TestServer, task: &str, status: &str) -> Value {
+    wait_until(
+        &format!("task {task} to be {status}"),
+        Duration::from_secs(60),
+        || async {
+            let r = rpc(server, "tasks/get", json!({"taskId": task})).await;
+            if r["result"]["status"] == status {
+                Ok(r["result"].clone())
+            } else {
+                Err(format!("{r}"))
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn tasks_extension_turns_a_waiting_call_into_a_task_the_client_answers_and_polls() {
+    let server = TestServer::start(ServerOptions::default().tool("run_shell", "allow")).await;
+    // The server says it speaks the extension.
+    let d = rpc(&server, "server/discover", json!({})).await;
+    assert!(
+        d["result"]["capabilities"]["extensions"]["io.modelcontextprotocol/tasks"].is_object(),
+        "{d}"
+    );
+
+    // A write that asks becomes a task that needs input: the approval question.
+    let args = json!({"path": "task.txt", "content": "via a task\n"});
+    let r = rpc(
+        &server,
+        "tools/call",
+        json!({"name": "write_file", "arguments": args}),
+    )
+    .await;
+    assert_eq!(r["result"]["resultType"], "task", "{r}");
+    let task = r["result"]["taskId"].as_str().unwrap().to_string();
+    let got = task_until(&server, &task, "input_required").await;
+    let question = got["inputRequests"]["airlock_approval"]["params"]["message"]
+        .as_str()
+        .unwrap();
+    assert!(question.contains("+via a task"), "{got}");
+    // Another user cannot see or answer it.
+    let theirs = {
+        let mut r = reqwest::Client::new()
+            .post(mcp_url(&server))
+            .bearer_auth(&server.bob.token)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2026-07-28")
+            .header("mcp-method", "tasks/get")
+            .header("mcp-name", &task);
+        r = r.json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tasks/get", "params": {"taskId": task, "_meta": {
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {"extensions": {"io.modelcontextprotocol/tasks": {}}}}}}));
+        r.send().await.unwrap().text().await.unwrap()
+    };
+    assert!(theirs.contains("unknown task"), "{theirs}");
+    // The answer decides the call; the task completes with the call's result.
+    let accept = json!({"airlock_approval": {"action": "accept", "content": {}}});
+    let ack = rpc(
+        &server,
+        "tasks/update",
+        json!({"taskId": task, "inputResponses": accept}),
+    )
+    .await;
+    assert!(ack["error"].is_null(), "{ack}");
+    let done = task_until(&server, &task, "completed").await;
+    assert_eq!(done["result"]["isError"], false, "{done}");
+    assert_eq!(
+        done["result"]["structuredContent"]["status"], "succeeded",
+        "{done}"
+    );
+    assert_eq!(
+        server.alice.workspace.read("task.txt").as_deref(),
+        Some("via a task\n")
+    );
+
+    // A long command becomes a working task; tasks/cancel kills it.
+    let r = rpc(
+        &server,
+        "tools/call",
+        json!({"name": "run_shell", "arguments": {"command": "sleep 60"}}),
+    )
+    .await;
+    assert_eq!(r["result"]["resultType"], "task", "{r}");
+    let task = r["result"]["taskId"].as_str().unwrap().to_string();
+    assert_eq!(r["result"]["status"], "working", "{r}");
+    let ack = rpc(&server, "tasks/cancel", json!({"taskId": task})).await;
+    assert!(ack["error"].is_null(), "{ack}");
+    let done = task_until(&server, &task, "completed").await;
+    assert_eq!(
+        done["result"]["structuredContent"]["status"], "cancelled",
+        "{done}"
+    );
+    server
+        .assert_no_containers(Some(&task), "after tasks/cancel")
+        .await;
+
+    // A quick read still answers at once, without a task.
+    let r = rpc(
+        &server,
+        "tools/call",
+        json!({"name": "list_dir", "arguments": {}}),
+    )
+    .await;
+    assert_eq!(r["result"]["resultType"], "complete", "{r}");
+}
+
+#[tokio::test]
+async fn approve_in_airlock_keeps_the_question_away_from_a_client_that_could_answer() {
+    let fx = airlock_tests::server::Fixture::new(ServerOptions::default()).await;
+    let policy = std::fs::read_to_string(&fx.policy_path).unwrap();
+    std::fs::write(
+        &fx.policy_path,
+        format!("[defaults]\napprove_in_airlock = true\n\n{policy}"),
+    )
+    .unwrap();
+    let server = TestServer::start_on(fx).await;
+    // The client would accept anything; the policy wants the approval given in Airlock.
+    let client = {
+        let url = mcp_url(&server);
+        let token = server.alice.token.clone();
+        tokio::spawn(async move {
+            let arg = json!({"tool": "write_file", "args": {"path": "kept.txt", "content": "approved in Airlock\n"}, "answer": "accept"});
+            run_client(
+                "mcp2",
+                "modern.py",
+                vec![url, token, "call".into(), arg.to_string()],
+                vec![],
+            )
+            .await
+        })
+    };
+    approve_when_pending(&server).await;
+    let r = client.await.unwrap();
+    assert!(
+        r["asked"].as_array().unwrap().is_empty(),
+        "the client was asked: {r}"
+    );
+    assert_eq!(r["result"]["is_error"], false, "{r}");
+    assert!(!r["progress"].as_array().unwrap().is_empty(), "{r}");
+    assert_eq!(
+        server.alice.workspace.read("kept.txt").as_deref(),
+        Some("approved in Airlock\n")
     );
 }
