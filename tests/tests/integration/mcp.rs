@@ -425,6 +425,29 @@ async fn modern_cancel_withdraws_a_pending_approval_and_kills_a_running_command(
     server
         .assert_no_containers(Some(&shell), "after the cancel")
         .await;
+
+    // The same over 2025-11-25: notifications/cancelled kills the running command.
+    let r = legacy(
+        &server,
+        "cancel",
+        Some(json!({"tool": "run_shell", "args": {"command": "sleep 61"}, "after": 3})),
+    )
+    .await;
+    assert_eq!(r["cancelled"], true, "{r}");
+    let calls = all_calls(&server).await;
+    let legacy_shell = calls
+        .iter()
+        .find(|c| c["args"]["command"] == "sleep 61")
+        .expect("the legacy shell call");
+    let id = legacy_shell["id"].as_str().unwrap();
+    let token = &server.alice.token;
+    server
+        .api
+        .wait_status(token, id, &["cancelled"], Duration::from_secs(30))
+        .await;
+    server
+        .assert_no_containers(Some(id), "after the legacy cancel")
+        .await;
 }
 
 #[tokio::test]
@@ -564,6 +587,7 @@ async fn legacy_client_lists_tools_reads_and_answers_elicitations() {
         json!([
             {"tool": "read_file", "args": {"path": "README.md"}},
             {"tool": "write_file", "args": {"path": "legacy.txt", "content": "from 2025-11-25\n"}},
+            {"tool": "read_file", "args": {"path": ".env"}},
         ]),
     )
     .await;
@@ -606,6 +630,10 @@ async fn legacy_client_lists_tools_reads_and_answers_elicitations() {
         server.alice.workspace.read("legacy.txt").as_deref(),
         Some("from 2025-11-25\n")
     );
+    // A protected path is refused by the sandbox.
+    let secret = &r["results"][2];
+    assert_eq!(secret["is_error"], true, "{r}");
+    assert!(!r.to_string().contains("hunter2"), "{r}");
     // Both calls ran in the one Airlock session of this MCP session, audited as alice's.
     assert_eq!(
         read["structured"]["session_id"], write["structured"]["session_id"],
