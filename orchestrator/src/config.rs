@@ -47,6 +47,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub pool: PoolSettings,
     pub retention: RetentionConfig,
+    pub notify: NotifyConfig,
     pub llm: LlmConfig,
 }
 
@@ -67,9 +68,47 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             pool: PoolSettings::default(),
             retention: RetentionConfig::default(),
+            notify: NotifyConfig::default(),
             llm: LlmConfig::default(),
         }
     }
+}
+
+/// Notifications when a call waits for approval (`notify.rs`): webhooks, delivered in the
+/// background with retries, never in the way of the call.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotifyConfig {
+    /// The web UI's address as users reach it (e.g. `https://airlock.example.com`): each
+    /// notification links to `{ui_url}/#call={id}`, which opens that call after sign-in. The
+    /// link carries no token. Without it, notifications carry no link.
+    pub ui_url: Option<String>,
+    /// Where to send them.
+    pub webhooks: Vec<WebhookConfig>,
+}
+
+/// One webhook endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// The endpoint (http:// or https://). Treated as a secret: logs name only its host.
+    pub url: String,
+    /// `json` (Airlock's own body) or `slack` (a Slack-compatible incoming-webhook body).
+    #[serde(default)]
+    pub format: WebhookFormat,
+    /// Include the change's diff (write_file, edit_file). Off by default: a notification
+    /// leaves the host, and diffs are file contents.
+    #[serde(default)]
+    pub include_diff: bool,
+}
+
+/// A webhook's body format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookFormat {
+    #[default]
+    Json,
+    Slack,
 }
 
 /// The warm pool: started, idle one-shot containers for calls that need no approval (reads,
@@ -498,6 +537,24 @@ impl Config {
         }
         if r.sweep_secs == 0 || r.anchor_secs == 0 {
             return bad("retention.sweep_secs and retention.anchor_secs must be at least 1".into());
+        }
+        let n = &self.notify;
+        if let Some(u) = &n.ui_url {
+            if !(u.starts_with("http://") || u.starts_with("https://")) || u.ends_with('/') {
+                return bad(format!(
+                    "notify.ui_url `{u}` must look like https://host[:port][/path] (no trailing slash)"
+                ));
+            }
+        }
+        if n.webhooks.len() > 16 {
+            return bad("notify.webhooks: at most 16".into());
+        }
+        for (i, w) in n.webhooks.iter().enumerate() {
+            if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
+                return bad(format!(
+                    "notify.webhooks[{i}].url must start with http:// or https://"
+                ));
+            }
         }
         let m = &self.llm;
         if let Some(url) = &m.base_url {

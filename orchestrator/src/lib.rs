@@ -18,6 +18,7 @@ pub mod llm;
 pub mod logging;
 pub mod mcp;
 pub mod metrics;
+pub mod notify;
 pub mod policy;
 pub mod quota;
 pub mod sandbox;

@@ -71,6 +71,9 @@ pub async fn build(config: &Config) -> Result<Arc<Engine>, ServerError> {
     let holder = claim_instance(&store).await?;
     let engine = Engine::new(store, sandbox, policy, config.limits.clone());
     engine.set_lease_holder(holder);
+    if let Some(n) = crate::notify::Notifier::start(&config.notify) {
+        engine.set_notifier(n);
+    }
     let (failed, reaped) = engine.recover().await?;
     if failed > 0 || reaped > 0 {
         tracing::warn!(

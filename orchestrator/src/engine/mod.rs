@@ -103,6 +103,8 @@ pub struct Engine {
     /// This process's hold on the instance's lease in Redis (set by `server::build`), given
     /// up at shutdown.
     lease: Mutex<Option<String>>,
+    /// Approval notifications (webhooks), when configured.
+    notifier: std::sync::OnceLock<crate::notify::Notifier>,
 }
 
 impl Engine {
@@ -127,7 +129,14 @@ impl Engine {
             tasks: TaskTracker::new(),
             stop: CancellationToken::new(),
             lease: Mutex::new(None),
+            notifier: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Sends a notification for every call that starts waiting for approval (set once, by
+    /// `server::build`).
+    pub fn set_notifier(&self, n: crate::notify::Notifier) {
+        let _ = self.notifier.set(n);
     }
 
     /// Records that this process holds the instance's lease as `holder` (renewed by
@@ -260,9 +269,15 @@ impl Engine {
     /// The Prometheus text of `/metrics` (the pending count is left out when Redis is away).
     pub async fn metrics_text(&self) -> String {
         let pending = self.store.pending_count().await.ok();
+        let hooks = self
+            .notifier
+            .get()
+            .map(|n| n.metrics_text())
+            .unwrap_or_default();
         self.metrics
             .render(self.sandbox.containers_in_use(), pending)
             + &crate::metrics::render_pool(&self.sandbox.pool_stats())
+            + &hooks
     }
 
     /// The calls of a session `user` owns, oldest first.

@@ -105,6 +105,9 @@ impl Engine {
                 )
                 .await?;
             self.start_prepare(user, &policy, &rec, &call);
+            if let Some(n) = self.notifier.get() {
+                n.approval_required(&rec);
+            }
             return Ok(rec);
         }
         // Allowed without asking: run now and answer with the finished call when it is quick.

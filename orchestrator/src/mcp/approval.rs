@@ -100,12 +100,7 @@ pub fn question(rec: &CallRecord, client: &str, expires_in_secs: u64) -> String 
             )
         }
         "write_file" | "edit_file" => {
-            let diff = rec
-                .preview
-                .as_ref()
-                .and_then(|p| p.get("diff"))
-                .and_then(Value::as_str)
-                .unwrap_or("");
+            let diff = rec.preview_diff();
             let verb = if rec.tool == "write_file" {
                 "Write"
             } else {

@@ -200,6 +200,15 @@ pub(super) fn check_patch(patch: &[(&str, String)]) -> Result<(), StoreError> {
 }
 
 impl CallRecord {
+    /// The unified diff of the change's preview (write_file, edit_file), or "".
+    pub fn preview_diff(&self) -> &str {
+        self.preview
+            .as_ref()
+            .and_then(|p| p.get("diff"))
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("")
+    }
+
     /// A call as proposed, before the policy's say: status `proposed`, decision `deny` (fail
     /// closed until someone sets it), no hash, rule, preview or outcome yet, stamped `now`.
     /// The one place a record is built from nothing; callers set what they know with

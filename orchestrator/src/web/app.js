@@ -203,7 +203,33 @@
     location.hash = '#/s/' + encodeURIComponent(r.json.id);
   }
 
+  // A notification's link (#call=ID, no token in it) opens that call's session after sign-in.
+  let pendingCall = null;
+  let focusCall = null;
+  function takeCallLink() {
+    const m = /^#call=([A-Za-z0-9-]+)$/.exec(location.hash);
+    if (m) pendingCall = m[1];
+  }
+
+  async function openCallLink() {
+    const id = pendingCall;
+    pendingCall = null;
+    const r = await api('GET', '/v1/tool-calls/' + encodeURIComponent(id));
+    if (r.status === 200 && r.json.session_id) {
+      focusCall = id;
+      location.hash = '#/s/' + encodeURIComponent(r.json.session_id);
+    } else if (r.status !== 401) {
+      toast('That call is not there any more (or it is not yours).');
+      history.replaceState(null, '', location.pathname);
+    }
+  }
+
   function route() {
+    takeCallLink();
+    if (pendingCall) {
+      openCallLink();
+      return;
+    }
     const m = /^#\/s\/([A-Za-z0-9-]+)$/.exec(location.hash);
     if (m) openSession(decodeURIComponent(m[1]));
     else {
@@ -527,6 +553,11 @@
     const result = el('div', 'result');
     node.appendChild(result);
     append(node);
+    if (id === focusCall) {
+      focusCall = null;
+      node.classList.add('focused');
+      node.scrollIntoView({ block: 'center' });
+    }
     c = { id, node, badge, lines, actions, output, result, tool: d.tool, args: d.args || {},
           sha: d.args_sha256, expires: d.expires_at_ms, deniedByPolicy: false };
     v.calls.set(id, c);
@@ -784,6 +815,7 @@
   // ---- start ------------------------------------------------------------------------------
 
   document.addEventListener('DOMContentLoaded', () => {
+    takeCallLink(); // before a sign-out clears the address
     $('signin-form').addEventListener('submit', signIn);
     $('signout').addEventListener('click', () => signOut());
     $('new-session').addEventListener('click', newSession);

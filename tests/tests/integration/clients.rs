@@ -1099,3 +1099,75 @@ async fn web_ui_signs_in_approves_a_diff_and_renders_hostile_content_inert() {
     server.terminate().await;
     fx.assert_no_containers(None, "after the web test").await;
 }
+
+#[tokio::test]
+async fn a_notification_link_opens_its_call_after_sign_in_on_a_phone_sized_screen() {
+    require("chromium");
+    require("chromedriver");
+    let llm = MockLlm::start(vec![]).await;
+    let fx = fixture(&llm).await;
+    let server = ServerProcess::start(&fx, 0).await;
+    let token = fx.alice.token.clone();
+    let sid = server.api.session(&token).await;
+    let call = server
+        .api
+        .propose_ok(
+            &token,
+            &sid,
+            "write_file",
+            json!({"path": "phone.txt", "content": "approved from a phone\n"}),
+        )
+        .await;
+    let id = call["id"].as_str().unwrap().to_string();
+
+    let (_driver, b) = browser().await;
+    b.set_window_size(390, 844)
+        .await
+        .expect("a phone-sized window");
+    // The link a webhook carries: no token in it; the user signs in first.
+    b.goto(&format!("{}/#call={id}", server.api.base))
+        .await
+        .expect("open the link");
+    b.wait()
+        .at_most(WAIT)
+        .for_element(Locator::Css("#signin-form"))
+        .await
+        .expect("the sign-in form");
+    fill(&b, "#token", &token).await;
+    click(&b, "#signin-button").await;
+    let card = format!(".callcard.focused[data-call-id=\"{id}\"]");
+    wait_js(
+        &b,
+        "the linked call, focused, waiting for approval",
+        &format!(
+            "const c = document.querySelector('{card}'); \
+             return !!c && c.dataset.status === 'awaiting_approval' && !!c.querySelector('button.approve');"
+        ),
+    )
+    .await;
+    // Everything needed to decide fits the phone's width.
+    let fits = js(
+        &b,
+        &format!(
+            "const c = document.querySelector('{card}'); \
+             const r = c.querySelector('button.approve').getBoundingClientRect(); \
+             return r.right <= window.innerWidth && document.documentElement.scrollWidth <= window.innerWidth + 1;"
+        ),
+    )
+    .await;
+    assert_eq!(
+        fits,
+        Value::Bool(true),
+        "the approval controls overflow a 390 px screen"
+    );
+    shot(&b, "web-phone-approval.png").await;
+    click(&b, &format!("{card} button.approve")).await;
+    server
+        .api
+        .wait_status(&token, &id, &["succeeded"], Duration::from_secs(30))
+        .await;
+    assert_eq!(
+        fx.alice.workspace.read("phone.txt").as_deref(),
+        Some("approved from a phone\n")
+    );
+}

@@ -12,6 +12,7 @@ mod helpers;
 mod http;
 mod lifecycle;
 mod mcp;
+mod notify;
 mod policy;
 mod pool;
 mod posture;
