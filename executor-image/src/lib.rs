@@ -26,6 +26,7 @@ pub mod protocol;
 
 mod dir;
 mod error;
+pub mod hunks;
 mod masks;
 mod protect;
 mod read;
@@ -62,6 +63,8 @@ pub(crate) struct Ctx<'a> {
     pub limits: &'a ExecLimits,
     pub mode: Mode,
     pub expected_sha256: Option<&'a str>,
+    pub hunks: Option<&'a [u32]>,
+    pub expected_new_sha256: Option<&'a str>,
 }
 
 /// Runs `req` against the workspace at `root`. `run_shell` output is passed to `sink` as
@@ -99,6 +102,8 @@ pub fn execute_with(
         limits: &req.limits,
         mode: req.mode,
         expected_sha256: req.expected_sha256.as_deref(),
+        hunks: req.hunks.as_deref(),
+        expected_new_sha256: req.expected_new_sha256.as_deref(),
     };
     let mut run = || -> Result<ToolResult, ToolError> {
         Ok(match &req.call {

@@ -250,6 +250,14 @@ pub struct Request {
     /// (`"absent"` when the preview saw no file). A mismatch is `stale_file`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expected_sha256: Option<String>,
+    /// For `write_file`/`edit_file`: apply only these hunks of the change (ids from the
+    /// preview's `hunks`), to the base the preview saw. In preview mode it shows the result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hunks: Option<Vec<u32>>,
+    /// For an applied change: the sha256 the new content must have (what the user approved,
+    /// e.g. after choosing hunks). A mismatch writes nothing (`stale_file`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_new_sha256: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub protected: Vec<ProtectedPath>,
     #[serde(default)]
@@ -313,6 +321,8 @@ impl Request {
             call,
             mode: Mode::Preview,
             expected_sha256: None,
+            hunks: None,
+            expected_new_sha256: None,
             protected: Vec::new(),
             limits: ExecLimits::default(),
             sandbox: None,
@@ -488,6 +498,13 @@ pub struct ChangeResult {
     pub created: bool,
     /// False in preview mode.
     pub applied: bool,
+    /// The hunks of the whole proposed change (old → proposed), with stable ids, so that a
+    /// decision may approve some of them. Empty for a binary or unchanged file.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hunks: Vec<crate::hunks::Hunk>,
+    /// The hunks this result's content contains, when only some were chosen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_hunks: Option<Vec<u32>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

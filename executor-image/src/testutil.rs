@@ -13,6 +13,8 @@ pub struct T {
     pub protected: Vec<ProtectedPath>,
     pub mode: Mode,
     pub expected: Option<String>,
+    pub hunks: Option<Vec<u32>>,
+    pub expected_new: Option<String>,
 }
 
 /// The same fresh workspace, once per resolver.
@@ -42,6 +44,8 @@ impl T {
             ],
             mode: Mode::Preview,
             expected: None,
+            hunks: None,
+            expected_new: None,
         }
     }
 
@@ -107,6 +111,8 @@ impl T {
             call,
             mode: self.mode,
             expected_sha256: self.expected.clone(),
+            hunks: self.hunks.clone(),
+            expected_new_sha256: self.expected_new.clone(),
             protected: self.protected.clone(),
             limits: self.limits.clone(),
             sandbox: None,

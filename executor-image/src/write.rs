@@ -6,7 +6,7 @@ use crate::protocol::{ChangeResult, Edit, EditFileArgs, ErrorCode, Mode, WriteFi
 use crate::read::read_regular_file;
 use crate::resolve::WriteTarget;
 use crate::text::{as_text, binary_diff, sha256_hex, unified_diff};
-use crate::Ctx;
+use crate::{hunks, Ctx};
 use rustix::fs::{fchmod, openat, renameat, unlinkat, AtFlags, Mode as FileMode, OFlags};
 use rustix::io::Errno;
 use std::io::Write;
@@ -109,9 +109,11 @@ fn read_current(
     Ok(Some(Current { data, mode }))
 }
 
-/// In apply mode, refuses when the file is not the one the preview was computed against.
+/// In apply mode — and for a choice of hunks, whose ids belong to one base, in preview mode
+/// too — refuses when the file is not the one the preview was computed against.
 fn check_expected(ctx: &Ctx<'_>, shown: &str, current: Option<&Current>) -> ToolResultOr<()> {
-    let (Mode::Apply, Some(expected)) = (ctx.mode, ctx.expected_sha256) else {
+    let checked = ctx.mode == Mode::Apply || ctx.hunks.is_some();
+    let (true, Some(expected)) = (checked, ctx.expected_sha256) else {
         return Ok(());
     };
     let expected = expected.trim().to_ascii_lowercase();
@@ -147,7 +149,53 @@ fn finish(
     new: &[u8],
 ) -> ToolResultOr<ChangeResult> {
     let path = target.rel.display();
-    let new_text = std::str::from_utf8(new).expect("new content is a String");
+    let proposed = std::str::from_utf8(new).expect("new content is a String");
+    let old_text = match &current {
+        None => Some(""),
+        Some(cur) => as_text(&cur.data),
+    };
+    // The hunks of the whole proposal; with a choice, the content is the base plus those.
+    let hunks = old_text
+        .map(|o| hunks::hunks(o, proposed))
+        .unwrap_or_default();
+    let chosen: String;
+    let new_text = match (ctx.hunks, old_text) {
+        (None, _) => proposed,
+        (Some(_), None) => {
+            return Err(ToolError::invalid(format!(
+                "{} is a binary file: its change cannot be split into hunks",
+                show(shown)
+            )))
+        }
+        (Some(ids), Some(old)) => {
+            chosen = hunks::apply(old, proposed, ids).map_err(|e| match e {
+                hunks::HunkError::Unknown { id, count } => ToolError::invalid(format!(
+                    "the change to {} has {count} hunks (ids 0 to {}); there is no hunk {id}",
+                    show(shown),
+                    count.saturating_sub(1)
+                )),
+                hunks::HunkError::Empty => ToolError::invalid(
+                    "no hunk chosen: approve at least one, or deny the call".to_string(),
+                ),
+            })?;
+            &chosen
+        }
+    };
+    let new = new_text.as_bytes();
+    let new_sha256 = sha256_hex(new);
+    if let (Mode::Apply, Some(want)) = (ctx.mode, ctx.expected_new_sha256) {
+        if want.trim().to_ascii_lowercase() != new_sha256 {
+            return Err(ToolError::new(
+                ErrorCode::StaleFile,
+                format!(
+                    "the change to {} no longer gives the content that was approved (sha256 {}, would be {}); nothing was written",
+                    show(shown),
+                    short(want),
+                    short(&new_sha256)
+                ),
+            ));
+        }
+    }
     let diff = match &current {
         None => unified_diff("", new_text, &path),
         Some(cur) => match as_text(&cur.data) {
@@ -171,9 +219,16 @@ fn finish(
         path,
         diff,
         old_sha256,
-        new_sha256: sha256_hex(new),
+        new_sha256,
         created: current.is_none(),
         applied,
+        hunks,
+        applied_hunks: ctx.hunks.map(|ids| {
+            let mut ids = ids.to_vec();
+            ids.sort_unstable();
+            ids.dedup();
+            ids
+        }),
     })
 }
 
@@ -353,6 +408,60 @@ mod tests {
             assert_eq!(a.diff, p.diff);
             assert_eq!(t.read("a.txt"), "one\nTWO\n");
             assert_eq!(t.leftovers(), Vec::<String>::new());
+        }
+    }
+
+    #[test]
+    fn chosen_hunks_are_previewed_then_applied_bound_to_the_resulting_content() {
+        let old: String = (1..=20).map(|i| format!("line {i}\n")).collect();
+        let new = old
+            .replace("line 2\n", "LINE TWO\n")
+            .replace("line 17\n", "LINE SEVENTEEN\n");
+        for mut t in both() {
+            t.write("a.txt", &old);
+            let whole = change(&t, write("a.txt", &new)).unwrap();
+            assert_eq!(whole.hunks.len(), 2, "{whole:?}");
+            assert_eq!(whole.applied_hunks, None);
+            // Preview of hunk 1 only: its diff and hash, the file untouched.
+            t.hunks = Some(vec![1]);
+            let part = change(&t, write("a.txt", &new)).unwrap();
+            assert_eq!(part.applied_hunks, Some(vec![1]));
+            assert!(
+                part.diff.contains("+LINE SEVENTEEN") && !part.diff.contains("LINE TWO"),
+                "{}",
+                part.diff
+            );
+            assert_eq!(
+                part.hunks, whole.hunks,
+                "ids stay those of the whole change"
+            );
+            let want = old.replace("line 17\n", "LINE SEVENTEEN\n");
+            assert_eq!(part.new_sha256, crate::text::sha256_hex(want.as_bytes()));
+            assert_eq!(t.read("a.txt"), old);
+            // Applied with a result hash that is not this one: nothing is written.
+            t.apply(Some(&whole.old_sha256));
+            t.expected_new = Some(whole.new_sha256.clone());
+            let e = change(&t, write("a.txt", &new)).unwrap_err();
+            assert_eq!(e.code, ErrorCode::StaleFile, "{e:?}");
+            assert_eq!(t.read("a.txt"), old);
+            // With the approved result's hash: exactly that content.
+            t.expected_new = Some(part.new_sha256.clone());
+            let done = change(&t, write("a.txt", &new)).unwrap();
+            assert!(done.applied);
+            assert_eq!(t.read("a.txt"), want);
+            // Hunks belong to one base: a preview of some against another is stale.
+            t.mode = Mode::Preview;
+            t.expected = Some(whole.old_sha256.clone());
+            t.hunks = Some(vec![0]);
+            let e = change(&t, write("a.txt", &new)).unwrap_err();
+            assert_eq!(e.code, ErrorCode::StaleFile, "{e:?}");
+            t.expected = None;
+            // An id the change does not have, or none at all, is refused.
+            t.hunks = Some(vec![5]);
+            let e = change(&t, write("a.txt", &new)).unwrap_err();
+            assert_eq!(e.code, ErrorCode::InvalidRequest, "{e:?}");
+            t.hunks = Some(vec![]);
+            assert!(change(&t, write("a.txt", &new)).is_err());
         }
     }
 

@@ -307,6 +307,14 @@ pub fn render_tool_result(
                         body.push_str(output);
                         body.push('\n');
                     }
+                    if rec.approved_change.is_some() {
+                        if let Some(r) = rec.reason.as_deref().filter(|r| !r.trim().is_empty()) {
+                            body.push_str(&format!(
+                                "the user's note on the hunks they left out: {}\n",
+                                serde_json::to_string(r).unwrap_or_default()
+                            ));
+                        }
+                    }
                     if let Some(e) = &rec.error {
                         body.push_str(&format!(
                             "error {}: {}\n",
@@ -347,6 +355,26 @@ pub fn render_tool_result(
 }
 
 /// A readable rendering of a tool's result (the `ToolResult` JSON, tagged by `tool`).
+/// When the user approved only some hunks: which were applied and which were not (the
+/// diff that follows is what was applied).
+fn partial_note(r: &Value) -> String {
+    let Some(applied) = r["applied_hunks"].as_array() else {
+        return String::new();
+    };
+    let all = r["hunks"].as_array().map_or(0, Vec::len);
+    let ids: Vec<u64> = applied.iter().filter_map(Value::as_u64).collect();
+    let not: Vec<String> = (0..all as u64)
+        .filter(|i| !ids.contains(i))
+        .map(|i| i.to_string())
+        .collect();
+    let shown: Vec<String> = ids.iter().map(u64::to_string).collect();
+    format!(
+        ". The user approved only some hunks of your change: applied hunk(s) {} of {all}; NOT applied: {}. The diff below is what was applied",
+        shown.join(", "),
+        if not.is_empty() { "none".to_string() } else { not.join(", ") }
+    )
+}
+
 fn describe_result(r: &Value, output: &str) -> String {
     let s = |k: &str| r[k].as_str().unwrap_or("").to_string();
     let n = |k: &str| r[k].as_u64().unwrap_or(0);
@@ -404,7 +432,7 @@ fn describe_result(r: &Value, output: &str) -> String {
             t
         }
         "write_file" | "edit_file" => format!(
-            "{} {}{}\n{}",
+            "{} {}{}{}\n{}",
             if r["applied"] == json!(true) {
                 "applied to"
             } else {
@@ -416,6 +444,7 @@ fn describe_result(r: &Value, output: &str) -> String {
             } else {
                 ""
             },
+            partial_note(r),
             s("diff")
         ),
         "run_shell" => {
@@ -528,6 +557,33 @@ pub fn build_messages(entries: &[Value], max_bytes: usize) -> Vec<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_model_is_told_which_hunks_were_applied_and_the_users_note() {
+        let mut rec = CallRecord::new("c1", "s", "alice", "edit_file", json!({"path": "f.txt"}), 0);
+        rec.status = CallStatus::Succeeded;
+        rec.reason = Some("leave line 2 alone".into());
+        rec.approved_change = Some(json!({"hunks": [1], "sha256": "x", "diff": "d"}));
+        rec.result = Some(json!({
+            "tool": "edit_file", "path": "f.txt", "applied": true, "created": false,
+            "diff": "@@ -17 +17 @@\n-line 17\n+LINE SEVENTEEN\n",
+            "hunks": [{"id": 0}, {"id": 1}], "applied_hunks": [1],
+        }));
+        let (text, _) = render_tool_result(
+            "edit_file",
+            &ToolOutcome::Call {
+                rec: &rec,
+                output: "",
+            },
+            10_000,
+        );
+        assert!(
+            text.contains("applied hunk(s) 1 of 2; NOT applied: 0"),
+            "{text}"
+        );
+        assert!(text.contains("leave line 2 alone"), "{text}");
+        assert!(text.contains("+LINE SEVENTEEN"), "{text}");
+    }
 
     /// A value of the schema's type (for a property's schema).
     fn sample(schema: &Value) -> Value {

@@ -96,14 +96,24 @@ pub(super) async fn decide(
             ));
         }
     }
+    if let Some(h) = &body.hunks {
+        if !approve || h.is_empty() || h.len() > 1000 {
+            return Err(AppError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "hunks go with \"approve\": between 1 and 1000 hunk ids (to approve none, deny)",
+            ));
+        }
+    }
     let rec = st
         .engine
-        .decide(
+        .decide_hunks(
             &user,
             &id,
             approve,
             &body.args_sha256,
             body.reason.as_deref(),
+            body.hunks.as_deref(),
         )
         .await?;
     Ok(Json(call_json(&rec)))

@@ -31,6 +31,11 @@ fn empty_object() -> Value {
 /// `POST /v1/tool-calls/{id}/decision`.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+// `hunks` only with `approve` (to approve no hunk is to deny).
+#[schemars(extend(
+    "if" = {"properties": {"decision": {"const": "deny"}}, "required": ["decision"]},
+    "then" = {"properties": {"hunks": {"type": "null"}}}
+))]
 pub struct DecisionBody {
     /// `approve` or `deny`.
     #[schemars(extend("enum" = ["approve", "deny"]))]
@@ -40,6 +45,12 @@ pub struct DecisionBody {
     /// Why; the model is told.
     #[schemars(length(max = 2000))]
     pub reason: Option<String>,
+    /// With `approve`, for `write_file`/`edit_file`: approve only these hunks (ids from the
+    /// preview's `hunks`). What runs is the base file plus exactly those hunks, and the
+    /// approval binds to the resulting content's sha256; the model is told which hunks were
+    /// applied (and the reason).
+    #[schemars(length(min = 1, max = 1000))]
+    pub hunks: Option<Vec<u32>>,
 }
 
 /// `POST /v1/sessions/{id}/grants`.

@@ -12,6 +12,27 @@ impl Engine {
         args_sha256: &str,
         reason: Option<&str>,
     ) -> Result<CallRecord, EngineError> {
+        self.decide_hunks(user, call_id, approve, args_sha256, reason, None)
+            .await
+    }
+
+    /// [`Engine::decide`], approving only some hunks of a change: the base plus exactly those
+    /// hunks is previewed first (in a read-only container, against the base the proposal
+    /// saw), and the approval carries the resulting content's sha256, which the write must
+    /// produce.
+    pub async fn decide_hunks(
+        self: &Arc<Self>,
+        user: &User,
+        call_id: &str,
+        approve: bool,
+        args_sha256: &str,
+        reason: Option<&str>,
+        hunks: Option<&[u32]>,
+    ) -> Result<CallRecord, EngineError> {
+        let approved_change = match (approve, hunks) {
+            (true, Some(ids)) => Some(self.partial_change(user, call_id, args_sha256, ids).await?),
+            _ => None,
+        };
         let now = now_ms();
         // Approving starts the call: it needs a place among the user's concurrent calls
         // first, or the approval is refused (429) and the call stays pending.
@@ -23,7 +44,15 @@ impl Engine {
         };
         let res = match self
             .store
-            .decide(call_id, &user.name, args_sha256, approve, reason, now)
+            .decide(
+                call_id,
+                &user.name,
+                args_sha256,
+                approve,
+                reason,
+                approved_change.as_ref(),
+                now,
+            )
             .await
         {
             Err(StoreError::NotFound) => return Err(EngineError::NotFound("tool call")),
@@ -144,6 +173,61 @@ impl Engine {
                 answers += 1;
             }
         });
+    }
+
+    /// The change that approving `ids` of call `call_id`'s hunks would make:
+    /// `{"hunks", "sha256", "diff"}`, computed in a read-only container.
+    async fn partial_change(
+        &self,
+        user: &User,
+        call_id: &str,
+        args_sha256: &str,
+        ids: &[u32],
+    ) -> Result<Value, EngineError> {
+        let rec = self.owned_call(user, call_id).await?;
+        if rec.status != CallStatus::AwaitingApproval {
+            return Err(EngineError::Conflict(format!(
+                "this call was already decided: it is `{}`",
+                rec.status
+            )));
+        }
+        if rec.args_sha256 != args_sha256 {
+            return Err(EngineError::Conflict(
+                "args_sha256 does not match this call: refresh it and decide on what it really does".into(),
+            ));
+        }
+        let call =
+            ToolCall::from_parts(&rec.tool, rec.args.clone()).map_err(EngineError::BadRequest)?;
+        if !call.has_preview() {
+            return Err(EngineError::BadRequest(
+                "only write_file and edit_file changes have hunks".into(),
+            ));
+        }
+        let policy = self.policy();
+        let mut ids = ids.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
+        match self
+            .preview_with(user, &policy, &rec, &call, Some(ids.clone()))
+            .await?
+        {
+            Ok(change) => Ok(json!({
+                "hunks": ids,
+                "sha256": change["new_sha256"],
+                "diff": change["diff"],
+            })),
+            // The file changed since the proposal: nothing is approved, as for a whole change.
+            Err(e) if e["code"] == "stale_file" => Err(EngineError::Conflict(format!(
+                "stale_file: {}",
+                e["message"]
+                    .as_str()
+                    .unwrap_or("the file changed since the preview")
+            ))),
+            Err(e) => Err(EngineError::BadRequest(format!(
+                "these hunks cannot be approved: {}",
+                e["message"].as_str().unwrap_or("the preview failed")
+            ))),
+        }
     }
 
     /// Moves due approvals to `expired` and stops their containers.

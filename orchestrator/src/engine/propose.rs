@@ -139,9 +139,24 @@ impl Engine {
         rec: &CallRecord,
         call: &ToolCall,
     ) -> Result<Result<Value, Value>, EngineError> {
+        self.preview_with(user, policy, rec, call, None).await
+    }
+
+    /// [`Engine::preview`] of only some hunks, against the base the proposal's preview saw
+    /// (`stale_file` when the file changed since).
+    pub(super) async fn preview_with(
+        &self,
+        user: &User,
+        policy: &Policy,
+        rec: &CallRecord,
+        call: &ToolCall,
+        hunks: Option<Vec<u32>>,
+    ) -> Result<Result<Value, Value>, EngineError> {
         let req = Request {
             mode: Mode::Preview,
             protected: policy.protected_for(user),
+            expected_sha256: hunks.as_ref().and(rec.expected_sha256.clone()),
+            hunks,
             ..Request::new(call.clone())
         };
         let spec = self.spec(user, policy, rec, false);

@@ -89,6 +89,15 @@ impl Engine {
                 Mode::Preview
             },
             expected_sha256: rec.expected_sha256.clone(),
+            // Some hunks approved: exactly those, and exactly the content they made.
+            hunks: rec
+                .approved_change
+                .as_ref()
+                .and_then(|c| serde_json::from_value(c.get("hunks")?.clone()).ok()),
+            expected_new_sha256: rec
+                .approved_change
+                .as_ref()
+                .and_then(|c| c.get("sha256")?.as_str().map(str::to_string)),
             protected: policy.protected_for(user),
             ..Request::new(call.clone())
         };

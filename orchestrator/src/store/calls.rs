@@ -250,6 +250,8 @@ impl Store {
     /// The owner's decision on a call awaiting approval, in one script, failing closed — see
     /// [`DecisionResult`]. `args_sha256` is the hash the user was shown; `now_ms` decides expiry
     /// together with the approval key's TTL. Rejected attempts are audited as `rejected`.
+    // Each argument is one field of the one script; a struct would only rename them.
+    #[allow(clippy::too_many_arguments)]
     pub async fn decide(
         &self,
         call_id: &str,
@@ -257,6 +259,7 @@ impl Store {
         args_sha256: &str,
         approve: bool,
         reason: Option<&str>,
+        approved_change: Option<&serde_json::Value>,
         now_ms: u64,
     ) -> Result<DecisionResult, StoreError> {
         if !valid_id(call_id) {
@@ -283,7 +286,14 @@ impl Store {
             to.as_str().into(),
             reason.unwrap_or("").into(),
             format!("decision carried args_sha256 {shown}"),
-            truncate_chars(reason.unwrap_or(""), AUDIT_REASON_CHARS).to_string(),
+            match approved_change.and_then(|c| c.get("hunks")) {
+                Some(h) => format!(
+                    "hunks {h} of the change; {}",
+                    truncate_chars(reason.unwrap_or(""), AUDIT_REASON_CHARS)
+                ),
+                None => truncate_chars(reason.unwrap_or(""), AUDIT_REASON_CHARS).to_string(),
+            },
+            approved_change.map(|c| c.to_string()).unwrap_or_default(),
         ];
         let k = &self.inner.keys;
         let keys = self.call_keys(&[k.call(call_id), k.approval(call_id)]);

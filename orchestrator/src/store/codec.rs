@@ -43,6 +43,9 @@ pub struct CallRecord {
     pub result: Option<serde_json::Value>,
     pub error: Option<serde_json::Value>,
     pub outcome: Option<serde_json::Value>,
+    /// What an approval of only some hunks approved: `{"hunks": [ids], "sha256": the
+    /// resulting content's, "diff": its diff}`; written with the approval, applied exactly.
+    pub approved_change: Option<serde_json::Value>,
 }
 
 /// One event of a session's stream. `id` is the stream entry id (`<ms>-<seq>`), increasing.
@@ -243,6 +246,7 @@ impl CallRecord {
             result: None,
             error: None,
             outcome: None,
+            approved_change: None,
         }
     }
 
@@ -276,6 +280,10 @@ impl CallRecord {
         opt("result", self.result.as_ref().map(|v| v.to_string()));
         opt("error", self.error.as_ref().map(|v| v.to_string()));
         opt("outcome", self.outcome.as_ref().map(|v| v.to_string()));
+        opt(
+            "approved_change",
+            self.approved_change.as_ref().map(|v| v.to_string()),
+        );
         f
     }
 
@@ -321,6 +329,7 @@ impl CallRecord {
             result: json("result")?,
             error: json("error")?,
             outcome: json("outcome")?,
+            approved_change: json("approved_change")?,
         })
     }
 

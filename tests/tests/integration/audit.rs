@@ -64,6 +64,7 @@ async fn calls_with_varied_entries(store: &Store, n: usize) {
                 HASH,
                 false,
                 reason.as_deref(),
+                None,
                 airlock::store::now_ms(),
             )
             .await
@@ -293,7 +294,15 @@ async fn retention_removes_idle_sessions_with_everything_and_keeps_recent_or_bus
     // Idle: one decided call, agent history.
     let (idle, c) = pending_call(&store, "alice", 60_000).await;
     store
-        .decide(&c.id, "alice", HASH, false, None, airlock::store::now_ms())
+        .decide(
+            &c.id,
+            "alice",
+            HASH,
+            false,
+            None,
+            None,
+            airlock::store::now_ms(),
+        )
         .await
         .unwrap();
     let _: i64 = redis::cmd("RPUSH")

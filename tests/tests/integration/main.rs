@@ -2,6 +2,7 @@
 
 mod agent;
 mod api;
+mod approvals;
 mod audit;
 mod clients;
 mod contract;

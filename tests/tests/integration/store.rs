@@ -321,7 +321,15 @@ async fn a_call_walks_the_legal_path_with_events_and_audit() {
 
     // The owner approves with the hash they were shown.
     let DecisionResult::Approved { call, event_id: e2 } = store
-        .decide(&c.id, "alice", HASH, true, Some("looks right"), now_ms())
+        .decide(
+            &c.id,
+            "alice",
+            HASH,
+            true,
+            Some("looks right"),
+            None,
+            now_ms(),
+        )
         .await
         .unwrap()
     else {
@@ -724,13 +732,13 @@ async fn two_racing_approvals_exactly_one_wins() {
         let (ra, rb) = {
             let (a, b) = (a.clone(), b.clone());
             let (ida, idb) = (c.id.clone(), c.id.clone());
-            let ta =
-                tokio::spawn(
-                    async move { a.decide(&ida, "alice", HASH, true, None, now_ms()).await },
-                );
+            let ta = tokio::spawn(async move {
+                a.decide(&ida, "alice", HASH, true, None, None, now_ms())
+                    .await
+            });
             let tb = tokio::spawn(async move {
                 // Half the time the second decision is a denial: still exactly one wins.
-                b.decide(&idb, "alice", HASH, i % 2 == 0, None, now_ms())
+                b.decide(&idb, "alice", HASH, i % 2 == 0, None, None, now_ms())
                     .await
             });
             (ta.await.unwrap().unwrap(), tb.await.unwrap().unwrap())
@@ -784,7 +792,10 @@ async fn approval_racing_expiry_resolves_to_exactly_one() {
         let approve = {
             let a = a.clone();
             let id = c.id.clone();
-            tokio::spawn(async move { a.decide(&id, "alice", HASH, true, None, now_ms()).await })
+            tokio::spawn(async move {
+                a.decide(&id, "alice", HASH, true, None, None, now_ms())
+                    .await
+            })
         };
         let sweep = {
             let b = b.clone();
@@ -827,7 +838,7 @@ async fn a_wrong_hash_or_another_user_changes_nothing() {
     let (_s, c) = pending_call(&store, "alice", 60_000).await;
 
     let r = store
-        .decide(&c.id, "alice", OTHER_HASH, true, None, now_ms())
+        .decide(&c.id, "alice", OTHER_HASH, true, None, None, now_ms())
         .await
         .unwrap();
     let DecisionResult::HashMismatch { call } = r else {
@@ -837,7 +848,15 @@ async fn a_wrong_hash_or_another_user_changes_nothing() {
     assert_eq!(call.decided_by, None);
     assert_eq!(
         store
-            .decide(&c.id, "alice", "not-even-a-hash", true, None, now_ms())
+            .decide(
+                &c.id,
+                "alice",
+                "not-even-a-hash",
+                true,
+                None,
+                None,
+                now_ms()
+            )
             .await
             .unwrap(),
         DecisionResult::HashMismatch { call: call.clone() }
@@ -845,14 +864,14 @@ async fn a_wrong_hash_or_another_user_changes_nothing() {
 
     assert_eq!(
         store
-            .decide(&c.id, "mallory", HASH, true, None, now_ms())
+            .decide(&c.id, "mallory", HASH, true, None, None, now_ms())
             .await
             .unwrap(),
         DecisionResult::NotOwner
     );
     assert_eq!(
         store
-            .decide(&c.id, "mallory", HASH, false, None, now_ms())
+            .decide(&c.id, "mallory", HASH, false, None, None, now_ms())
             .await
             .unwrap(),
         DecisionResult::NotOwner
@@ -861,7 +880,7 @@ async fn a_wrong_hash_or_another_user_changes_nothing() {
     assert_eq!(store.pending_count().await.unwrap(), 1);
     assert_eq!(
         store
-            .decide("no-such-call", "alice", HASH, true, None, now_ms())
+            .decide("no-such-call", "alice", HASH, true, None, None, now_ms())
             .await,
         Err(StoreError::NotFound)
     );
@@ -894,7 +913,7 @@ async fn a_wrong_hash_or_another_user_changes_nothing() {
     // The right user with the right hash still can: the approval was not used up.
     let reason = format!("no thanks {}", "é".repeat(300));
     let r = store
-        .decide(&c.id, "alice", HASH, false, Some(&reason), now_ms())
+        .decide(&c.id, "alice", HASH, false, Some(&reason), None, now_ms())
         .await
         .unwrap();
     let DecisionResult::Denied { call, .. } = r else {
@@ -913,7 +932,7 @@ async fn a_wrong_hash_or_another_user_changes_nothing() {
     );
     assert_eq!(
         store
-            .decide(&c.id, "alice", HASH, true, None, now_ms())
+            .decide(&c.id, "alice", HASH, true, None, None, now_ms())
             .await
             .unwrap(),
         DecisionResult::AlreadyDecided {
@@ -942,7 +961,15 @@ async fn approvals_expire_with_their_ttl() {
         .unwrap();
     assert!(!exists, "the approval key outlived its TTL");
     let r = store
-        .decide(&late.id, "alice", HASH, true, None, late.created_at_ms)
+        .decide(
+            &late.id,
+            "alice",
+            HASH,
+            true,
+            None,
+            None,
+            late.created_at_ms,
+        )
         .await
         .unwrap();
     let DecisionResult::Expired { call, event_id } = r else {
@@ -975,7 +1002,7 @@ async fn approvals_expire_with_their_ttl() {
     assert_eq!(store.pending_count().await.unwrap(), 1);
     assert_eq!(
         store
-            .decide(&swept.id, "bob", HASH, true, None, now_ms())
+            .decide(&swept.id, "bob", HASH, true, None, None, now_ms())
             .await
             .unwrap(),
         DecisionResult::AlreadyDecided {
@@ -1001,7 +1028,15 @@ async fn approvals_expire_with_their_ttl() {
     let (_, c) = pending_call(&store, "alice", 60_000).await;
     assert!(matches!(
         store
-            .decide(&c.id, "alice", HASH, true, None, c.expires_at_ms.unwrap())
+            .decide(
+                &c.id,
+                "alice",
+                HASH,
+                true,
+                None,
+                None,
+                c.expires_at_ms.unwrap()
+            )
             .await
             .unwrap(),
         DecisionResult::Expired { .. }
@@ -1033,7 +1068,7 @@ async fn calls_in_flight_name_their_runner_and_instance_leases_are_exclusive() {
     // Approved through A: A runs it. A proposal allowed at once (created in flight) through B.
     let (_, pending) = pending_call(&a, "alice", 600_000).await;
     let approved = a
-        .decide(&pending.id, "alice", HASH, true, None, now_ms())
+        .decide(&pending.id, "alice", HASH, true, None, None, now_ms())
         .await
         .unwrap();
     assert!(matches!(approved, DecisionResult::Approved { .. }));
@@ -1188,7 +1223,7 @@ async fn interrupted_calls_are_found_and_failed_after_a_restart() {
     // The pending approval survived the restart and can still be approved.
     assert!(matches!(
         store
-            .decide(&pending.id, "alice", HASH, true, None, now_ms())
+            .decide(&pending.id, "alice", HASH, true, None, None, now_ms())
             .await
             .unwrap(),
         DecisionResult::Approved { .. }
@@ -1208,7 +1243,7 @@ async fn redis_going_away_gives_unavailable_quickly_and_the_store_recovers() {
         store.ping().await.map(|_| ()),
         store.get_session(&s.id).await.map(|_| ()),
         store
-            .decide(&c.id, "alice", HASH, true, None, now_ms())
+            .decide(&c.id, "alice", HASH, true, None, None, now_ms())
             .await
             .map(|_| ()),
         store
@@ -1257,7 +1292,7 @@ async fn redis_going_away_gives_unavailable_quickly_and_the_store_recovers() {
         .expect("blocking reads recover too");
     assert!(matches!(
         store
-            .decide(&c.id, "alice", HASH, true, None, now_ms())
+            .decide(&c.id, "alice", HASH, true, None, None, now_ms())
             .await
             .unwrap(),
         DecisionResult::Approved { .. }

@@ -1,6 +1,7 @@
 -- KEYS[6]: the call, KEYS[7]: its approval binding.
 -- ARGV[4..]: id, user, presented hash, 'approved'|'denied', reason ('' = none), audit detail
--- of a hash mismatch, audit detail of a decision (the reason, shortened).
+-- of a hash mismatch, audit detail of a decision (the reason, shortened), the approved change
+-- when only some hunks are approved (JSON, '' = the whole change).
 -- The event's data is events::CallDecided's.
 local id, user, presented, to, reason = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 if redis.call('EXISTS', KEYS[6]) == 0 then return {'not_found'} end
@@ -29,6 +30,10 @@ if reason ~= '' then
   patch[#patch + 1] = 'reason'
   patch[#patch + 1] = reason
   data.reason = reason
+end
+if to == 'approved' and ARGV[11] ~= '' then
+  patch[#patch + 1] = 'approved_change'
+  patch[#patch + 1] = ARGV[11]
 end
 local eid = move(id, c, to, patch, to, cjson.encode(data),
                  audit_for(id, c, user, to, to, ARGV[10]))
