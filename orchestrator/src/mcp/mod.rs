@@ -121,8 +121,20 @@ async fn guard(
             "parse error: the body must be one JSON-RPC message (a JSON object)",
         );
     }
-    next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
-        .await
+    let mut resp = next
+        .run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+        .await;
+    let sse = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    if sse {
+        // As the transport asks: proxies (nginx) must pass each event on at once.
+        resp.headers_mut()
+            .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    }
+    resp
 }
 
 /// A JSON-RPC error with no id (the request was not read), as the transport allows.

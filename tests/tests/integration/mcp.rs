@@ -777,7 +777,16 @@ async fn rpc(server: &TestServer, method: &str, mut params: Value) -> Value {
         req = req.header("mcp-name", name);
     }
     let body = json!({"jsonrpc": "2.0", "id": 7, "method": method, "params": params});
-    let text = req.json(&body).send().await.unwrap().text().await.unwrap();
+    let resp = req.json(&body).send().await.unwrap();
+    let sse = resp
+        .headers()
+        .get("content-type")
+        .is_some_and(|v| v.to_str().unwrap_or("").starts_with("text/event-stream"));
+    // Every answer streams (progress may come first), and tells proxies not to buffer it.
+    assert!(sse, "{method}: not an SSE answer");
+    let proxies = &resp.headers()["x-accel-buffering"];
+    assert_eq!(proxies, "no", "an SSE answer tells proxies not to buffer");
+    let text = resp.text().await.unwrap();
     let messages: Vec<Value> = if text.trim_start().starts_with('{') {
         vec![serde_json::from_str(&text).unwrap()]
     } else {
