@@ -178,10 +178,16 @@ fn body_for(hook: &WebhookConfig, event: &Value, ui_url: Option<&str>) -> Value 
     match hook.format {
         WebhookFormat::Json => e,
         WebhookFormat::Slack => {
+            // Slack's markup: `<…>` are links and mentions, so text from the agent is escaped.
+            let esc = |s: &str| {
+                s.replace('&', "&amp;")
+                    .replace('<', "&lt;")
+                    .replace('>', "&gt;")
+            };
             let mut text = format!(
                 "Airlock: {}'s agent waits for approval — {}",
-                e["user"].as_str().unwrap_or("?"),
-                e["summary"].as_str().unwrap_or("")
+                esc(e["user"].as_str().unwrap_or("?")),
+                esc(e["summary"].as_str().unwrap_or(""))
             );
             if let Some(l) = &link {
                 text.push_str(&format!(
@@ -193,7 +199,7 @@ fn body_for(hook: &WebhookConfig, event: &Value, ui_url: Option<&str>) -> Value 
                 text.push_str(&format!(" (expires {at})"));
             }
             if let Some(d) = e.get("diff").and_then(Value::as_str) {
-                text.push_str(&format!("\n```{d}```"));
+                text.push_str(&format!("\n```{}```", esc(d).replace("```", "ˋˋˋ")));
             }
             json!({"text": text})
         }
@@ -293,6 +299,28 @@ mod tests {
         );
         assert!(!t.contains("SECRET-CONTENT"), "{t}");
         assert_eq!(b.as_object().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn slack_markup_from_the_agent_is_escaped() {
+        let mut r = rec();
+        r.tool = "run_shell".into();
+        r.args = json!({"command": "echo <https://evil.example|Approve call c1> <!channel> && x"});
+        let b = body_for(
+            &hook(WebhookFormat::Slack, false),
+            &event(&r),
+            Some("https://a.example"),
+        );
+        let t = b["text"].as_str().unwrap();
+        assert!(
+            !t.contains("<https://evil") && !t.contains("<!channel>"),
+            "{t}"
+        );
+        assert!(t.contains("&lt;!channel&gt; &amp;&amp; x"), "{t}");
+        assert!(
+            t.contains("<https://a.example/#call=c1|open call c1>"),
+            "our own link stays: {t}"
+        );
     }
 
     #[test]

@@ -34,6 +34,8 @@ use crate::store::{now_ms, CallRecord};
 const MAX_RESULT_BYTES: usize = 256 * 1024;
 /// How often a call that waits (for approval in Airlock, or while it runs) reports progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+/// How long a cancelled call may take to stop before the request gives up on it.
+const CANCEL_GRACE: Duration = Duration::from_secs(30);
 /// For a client of the tasks extension: a call not final within this long becomes a task.
 const TASK_AFTER: Duration = Duration::from_secs(2);
 /// How often a task's client should poll `tasks/get`.
@@ -193,11 +195,13 @@ impl AirlockMcp {
             let task = self.task(&user, &rec, &ctx, &client).await.task;
             return Ok(CreateTaskResult::new(task).into());
         }
-        if rec.status == CallStatus::AwaitingApproval && self.may_ask(&user, &ctx) {
+        if rec.status == CallStatus::AwaitingApproval && self.may_ask(&user, &rec, &ctx) {
             if modern(&ctx) {
                 return Ok(self.question(&user, &rec, &args, &client).await);
             }
-            self.ask_session(&user, &rec, &ctx, &client).await;
+            if let Err(e) = self.ask_session(&user, &rec, &ctx, &client).await {
+                return Ok(failure(&name, e).into());
+            }
         }
         Ok(self.finish(&user, &name, &rec.id, &ctx).await.into())
     }
@@ -222,7 +226,7 @@ impl AirlockMcp {
         )
         .with_poll_interval_ms(TASK_POLL_MS);
         let payload = match rec.status {
-            CallStatus::AwaitingApproval if self.may_ask(user, ctx) => {
+            CallStatus::AwaitingApproval if self.may_ask(user, rec, ctx) => {
                 let left = rec.expires_at_ms.unwrap_or(0).saturating_sub(now_ms());
                 let message = approval::question(rec, client, left.div_ceil(1000));
                 let ask =
@@ -274,10 +278,13 @@ impl AirlockMcp {
 
     /// Whether the client is asked: it declared it can answer (elicitation), and the policy
     /// does not keep approvals in Airlock.
-    fn may_ask(&self, user: &User, ctx: &RequestContext<RoleServer>) -> bool {
+    /// A question too long to show whole is never put to a client either: what it would
+    /// accept must be what it saw.
+    fn may_ask(&self, user: &User, rec: &CallRecord, ctx: &RequestContext<RoleServer>) -> bool {
         ctx.client_capabilities()
             .is_some_and(|c| c.elicitation.is_some())
             && !self.engine.policy().approve_in_airlock(user)
+            && approval::fits(rec)
     }
 
     /// 2026-07-28: the question as an `input_required` result; the signed state names the
@@ -349,6 +356,11 @@ impl AirlockMcp {
             Ok(r) => r,
             Err(e) => return failure(name, e).into(),
         };
+        if !self.may_ask(user, &rec, ctx) {
+            // The policy now keeps approvals in Airlock: the answer counts for nothing, and
+            // the call waits there.
+            return self.finish(user, name, &rec.id, ctx).await.into();
+        }
         let decision = match approval::answer(req.input_responses.as_ref()) {
             Answer::Missing if rec.status == CallStatus::AwaitingApproval => {
                 return self.question(user, &rec, args, client).await;
@@ -358,25 +370,42 @@ impl AirlockMcp {
             Answer::Decline | Answer::Cancel => Some(false),
         };
         if let Some(approve) = decision {
-            self.decide(user, &rec, approve, client).await;
+            // Bound to the hash the question was asked about (the signed state's).
+            if let Err(e) = self
+                .decide(user, &rec, &state.args_sha256, approve, client)
+                .await
+            {
+                return failure(name, e).into();
+            }
         }
         self.finish(user, name, &rec.id, ctx).await.into()
     }
 
     /// Applies the client's answer. A call decided meanwhile (in the web UI, or by an earlier
     /// answer — a replay) keeps that decision: the result then says how it was decided.
-    async fn decide(&self, user: &User, rec: &CallRecord, approve: bool, client: &str) {
+    /// Any other failure (the user's call limit, Redis) is the caller's to report: the call
+    /// was not approved and still waits.
+    async fn decide(
+        &self,
+        user: &User,
+        rec: &CallRecord,
+        args_sha256: &str,
+        approve: bool,
+        client: &str,
+    ) -> Result<(), EngineError> {
         let reason = (!approve).then(|| format!("declined in the MCP client ({client})"));
         match self
             .engine
             .clone()
-            .decide(user, &rec.id, approve, &rec.args_sha256, reason.as_deref())
+            .decide(user, &rec.id, approve, args_sha256, reason.as_deref())
             .await
         {
-            Ok(_) => {}
-            Err(e) => {
-                tracing::info!(call_id = %rec.id, error = %e, "mcp: the client's answer did not apply")
+            Ok(_) => Ok(()),
+            Err(e @ (EngineError::Conflict(_) | EngineError::Gone(_))) => {
+                tracing::info!(call_id = %rec.id, error = %e, "mcp: the client's answer did not apply");
+                Ok(())
             }
+            Err(e) => Err(e),
         }
     }
 
@@ -388,7 +417,7 @@ impl AirlockMcp {
         rec: &CallRecord,
         ctx: &RequestContext<RoleServer>,
         client: &str,
-    ) {
+    ) -> Result<(), EngineError> {
         let left_ms = rec
             .expires_at_ms
             .unwrap_or(0)
@@ -406,17 +435,17 @@ impl AirlockMcp {
                     match answer {
                         Ok(r) => {
                             let approve = r.action == ElicitationAction::Accept;
-                            self.decide(user, rec, approve, client).await;
+                            return self.decide(user, rec, &rec.args_sha256, approve, client).await;
                         }
                         // The client could not answer: the call waits in Airlock.
                         Err(e) => tracing::info!(call_id = %rec.id, error = %e, "mcp: elicitation failed; waiting for a decision in Airlock"),
                     }
-                    return;
+                    return Ok(());
                 }
-                _ = ctx.ct.cancelled() => return,
+                _ = ctx.ct.cancelled() => return Ok(()),
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {
                     match self.engine.owned_call(user, &rec.id).await {
-                        Ok(c) if c.status != CallStatus::AwaitingApproval => return,
+                        Ok(c) if c.status != CallStatus::AwaitingApproval => return Ok(()),
                         _ => {}
                     }
                 }
@@ -437,7 +466,8 @@ impl AirlockMcp {
         let mut progress = 0u32;
         let mut last_note: Option<Instant> = None;
         let mut events: Option<EventStream> = None;
-        let mut cancelled = false;
+        let mut cancelled_at: Option<Instant> = None;
+        let mut next_cancel = Duration::ZERO;
         let mut failures = 0u32;
         loop {
             let rec = match self.engine.owned_call(user, call_id).await {
@@ -462,9 +492,20 @@ impl AirlockMcp {
                 };
                 return call_result(&rec, &output);
             }
-            if cancelled {
-                // Repeated: a call between `approved` and `running` takes a moment to stop.
-                let _ = self.engine.cancel(user, call_id).await;
+            if let Some(since) = cancelled_at {
+                if since.elapsed() > CANCEL_GRACE {
+                    return rejected(
+                        tool,
+                        "cancel_timeout",
+                        &format!("call {call_id} did not stop within {CANCEL_GRACE:?} of the cancellation"),
+                    );
+                }
+                // Repeated, less and less often: a call between `approved` and `running` takes
+                // a moment to stop.
+                if since.elapsed() >= next_cancel {
+                    let _ = self.engine.cancel(user, call_id).await;
+                    next_cancel = since.elapsed() * 2 + Duration::from_millis(200);
+                }
             }
             if let Some(t) = &token {
                 if last_note.is_none_or(|at| at.elapsed() >= PROGRESS_EVERY) {
@@ -487,7 +528,7 @@ impl AirlockMcp {
                     Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
                 }
             }
-            let tick = if cancelled {
+            let tick = if cancelled_at.is_some() {
                 Duration::from_millis(200)
             } else {
                 PROGRESS_EVERY
@@ -496,10 +537,11 @@ impl AirlockMcp {
                 continue;
             };
             tokio::select! {
-                _ = ctx.ct.cancelled(), if !cancelled => {
+                _ = ctx.ct.cancelled(), if cancelled_at.is_none() => {
                     // The client cancelled (or closed the stream): withdraw or kill the call.
                     tracing::info!(call_id = %call_id, "mcp: the client cancelled the call");
-                    cancelled = true;
+                    cancelled_at = Some(Instant::now());
+                    next_cancel = Duration::from_millis(200);
                     let _ = self.engine.cancel(user, call_id).await;
                 }
                 e = stream.next() => match e {
@@ -671,13 +713,25 @@ impl ServerHandler for AirlockMcp {
         let user = self.user(&ctx)?;
         let rec = self.task_call(&user, &request.task_id).await?;
         if rec.status == CallStatus::AwaitingApproval {
+            if !self.may_ask(&user, &rec, &ctx) {
+                return Err(ErrorData::invalid_request(
+                    "this call's approval is given in Airlock (web UI or `airlock calls approve`), not here",
+                    None,
+                ));
+            }
             let approve = match approval::answer(Some(&request.input_responses)) {
                 Answer::Accept => Some(true),
                 Answer::Decline | Answer::Cancel => Some(false),
                 Answer::Missing => None, // responses for keys we did not ask are ignored
             };
             if let Some(approve) = approve {
-                self.decide(&user, &rec, approve, &client_name(&ctx)).await;
+                let client = client_name(&ctx);
+                self.decide(&user, &rec, &rec.args_sha256, approve, &client)
+                    .await
+                    .map_err(|e| {
+                        let e = AppError::from(e);
+                        ErrorData::internal_error(format!("{}: {}", e.code(), e.message()), None)
+                    })?;
             }
         }
         Ok(())

@@ -4,6 +4,7 @@
 //! preview → approval → sandbox — in an Airlock session of the token's user. docs/MCP.md
 //! tells how approvals reach the user.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
@@ -44,15 +45,68 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         .disable_allowed_origins()
         .with_max_request_body_bytes(state.engine.limits().max_body_bytes)
         .with_cancellation_token(state.shutdown.child_token());
+    // A 2025-11-25 session must outlive a call that waits for approval without traffic
+    // (rmcp closes idle sessions after 5 minutes by default, which would cancel the call).
+    let mut sessions = LocalSessionManager::default();
+    sessions.session_config.keep_alive = Some(SESSION_IDLE);
     let service = StreamableHttpService::new(
         move || Ok(AirlockMcp::new(engine.clone(), keys.clone())),
-        Arc::new(LocalSessionManager::default()),
+        Arc::new(sessions),
         config,
     );
+    let guarded = Guard {
+        app: state.clone(),
+        owners: SessionOwners::default(),
+    };
     Router::new()
         .route_service(PATH, service)
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), guard))
+        .route_layer(axum::middleware::from_fn_with_state(guarded, guard))
         .route(METADATA_PATH, get(resource_metadata))
+}
+
+/// How long a 2025-11-25 session lives without a request.
+const SESSION_IDLE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+/// Sessions whose owner is remembered, at most (beyond it the oldest are forgotten, and
+/// refused: fail closed).
+const MAX_SESSIONS: usize = 10_000;
+
+/// Which user opened each 2025-11-25 session: a session id presented with another user's
+/// token is refused before the SDK sees it (answers to elicitations, streams and DELETE
+/// included, not only tool calls).
+#[derive(Clone, Default)]
+struct SessionOwners(Arc<std::sync::Mutex<Owners>>);
+
+/// Session id → user, and the ids oldest first (to forget the oldest beyond the cap).
+type Owners = (HashMap<String, String>, VecDeque<String>);
+
+impl SessionOwners {
+    fn owner(&self, sid: &str) -> Option<String> {
+        let g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        g.0.get(sid).cloned()
+    }
+    fn insert(&self, sid: String, user: String) {
+        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let (map, order) = &mut *g;
+        if map.insert(sid.clone(), user).is_none() {
+            order.push_back(sid);
+        }
+        while order.len() > MAX_SESSIONS {
+            if let Some(old) = order.pop_front() {
+                map.remove(&old);
+            }
+        }
+    }
+    fn remove(&self, sid: &str) {
+        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        g.0.remove(sid);
+        g.1.retain(|s| s != sid);
+    }
+}
+
+#[derive(Clone)]
+struct Guard {
+    app: AppState,
+    owners: SessionOwners,
 }
 
 /// The authenticated user of an MCP request, put in the request's extensions by [`guard`].
@@ -61,13 +115,10 @@ pub(crate) struct McpUser(pub User);
 
 /// Before the MCP service sees a request: a present Origin must be allowlisted (403), and a
 /// known bearer token must be presented (401 with `WWW-Authenticate` naming the metadata).
-async fn guard(
-    State(st): State<AppState>,
-    mut req: Request,
-    next: axum::middleware::Next,
-) -> Response {
+async fn guard(State(g): State<Guard>, mut req: Request, next: axum::middleware::Next) -> Response {
+    let st = &g.app;
     st.engine.metrics.count_request();
-    if crate::api::check_origin(req.headers(), &st).is_err() {
+    if crate::api::check_origin(req.headers(), st).is_err() {
         return rpc_error_response(
             StatusCode::FORBIDDEN,
             -32600,
@@ -93,9 +144,30 @@ async fn guard(
         }
         return resp;
     };
+    let session = req
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    if let Some(sid) = &session {
+        if g.owners.owner(sid).as_deref() != Some(user.name.as_str()) {
+            // Another user's session, or one this server does not know: the same answer.
+            return rpc_error_response(
+                StatusCode::NOT_FOUND,
+                -32600,
+                "no such MCP session: start a new one with initialize",
+            );
+        }
+    }
+    let name = user.name.clone();
     req.extensions_mut().insert(McpUser(user));
     if req.method() != axum::http::Method::POST {
-        return next.run(req).await;
+        let delete = req.method() == axum::http::Method::DELETE;
+        let resp = next.run(req).await;
+        if let (true, Some(sid)) = (delete && resp.status().is_success(), &session) {
+            g.owners.remove(sid);
+        }
+        return resp;
     }
     // The body is read here, bounded, so that an oversized or malformed message gets the
     // JSON-RPC error the spec names (the SDK answers these with a plain-text 413/415).
@@ -124,6 +196,16 @@ async fn guard(
     let mut resp = next
         .run(Request::from_parts(parts, axum::body::Body::from(bytes)))
         .await;
+    // An `initialize` answered with a new session: it is this user's.
+    if session.is_none() {
+        if let Some(sid) = resp
+            .headers()
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+        {
+            g.owners.insert(sid.to_string(), name);
+        }
+    }
     let sse = resp
         .headers()
         .get(header::CONTENT_TYPE)

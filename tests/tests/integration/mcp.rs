@@ -567,6 +567,37 @@ async fn mcp_needs_a_token_and_refuses_foreign_origins() {
     assert!(text.contains("-32601"), "{text}");
     let again = send(Some(&server.alice.token), None).await.unwrap();
     assert_eq!(again.status(), 200);
+
+    // A 2025-11-25 session is its opener's: another user's token with its id is refused
+    // before the SDK sees anything (an answer to an elicitation included).
+    let init = http
+        .post(mcp_url(&server))
+        .bearer_auth(&server.alice.token)
+        .header("accept", "application/json, text/event-stream")
+        .json(
+            &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {},
+            "clientInfo": {"name": "raw", "version": "1"}}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(init.status(), 200);
+    let sid = init.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let in_session = |token: &str| {
+        http.post(mcp_url(&server))
+            .bearer_auth(token)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-11-25")
+            .header("mcp-session-id", &sid)
+            .json(&json!({"jsonrpc": "2.0", "id": 0, "result": {"action": "accept"}}))
+            .send()
+    };
+    assert_eq!(in_session(&server.bob.token).await.unwrap().status(), 404);
+    assert_eq!(in_session(&server.alice.token).await.unwrap().status(), 202);
 }
 
 async fn legacy_calls(server: &TestServer, answer: Option<&str>, calls: Value) -> Value {
