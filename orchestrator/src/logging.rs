@@ -41,7 +41,10 @@ pub fn is_json() -> bool {
 /// `airlock=debug`), else `default_filter`. A second call does nothing.
 pub fn init(format: LogFormat, default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("AIRLOCK_LOG")
-        .unwrap_or_else(|_| default_filter.into());
+        .unwrap_or_else(|_| default_filter.into())
+        // The MCP SDK logs whole messages (file contents, signed states) at debug and session
+        // ids at info: never below warn, whatever AIRLOCK_LOG says (logs carry no contents).
+        .add_directive("rmcp=warn".parse().expect("a valid directive"));
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
