@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
+use crate::client::render;
 use crate::config::{NotifyConfig, WebhookConfig, WebhookFormat};
 use crate::store::CallRecord;
 
@@ -123,17 +124,8 @@ fn event(rec: &CallRecord) -> Value {
 /// One line: the command (capped), or the path and the size of the change.
 pub fn summary(rec: &CallRecord) -> String {
     let arg = |k: &str| rec.args.get(k).and_then(Value::as_str).unwrap_or("");
-    let one_line = |s: &str| -> String {
-        let flat: String = s
-            .chars()
-            .map(|c| if c.is_control() { ' ' } else { c })
-            .collect();
-        let mut out: String = flat.chars().take(SUMMARY_CHARS).collect();
-        if flat.chars().count() > SUMMARY_CHARS {
-            out.push('…');
-        }
-        out
-    };
+    // Control characters shown as `^X` (the terminal client's rule), then capped.
+    let one_line = |s: &str| render::truncate(&render::one_line(s), SUMMARY_CHARS);
     match rec.tool.as_str() {
         "run_shell" => format!("run_shell: {}", one_line(arg("command"))),
         "write_file" | "edit_file" => {
@@ -168,12 +160,7 @@ fn body_for(hook: &WebhookConfig, event: &Value, ui_url: Option<&str>) -> Value 
     e["url"] = link.clone().map(Value::String).unwrap_or(Value::Null);
     e["expires_at"] = e["expires_at_ms"]
         .as_u64()
-        .map(|ms| {
-            Value::String(format!(
-                "{}Z",
-                crate::client::render::utc(ms).replacen(' ', "T", 1)
-            ))
-        })
+        .map(|ms| Value::String(render::iso8601(ms)))
         .unwrap_or(Value::Null);
     match hook.format {
         WebhookFormat::Json => e,
@@ -329,11 +316,12 @@ mod tests {
         r.tool = "run_shell".into();
         r.args = json!({"command": format!("echo a\nrm -rf x {}", "y".repeat(300))});
         let s = summary(&r);
-        assert!(s.starts_with("run_shell: echo a rm -rf x"), "{s}");
+        assert!(s.starts_with("run_shell: echo a^Jrm -rf x"), "{s}");
         assert!(!s.contains('\n'));
         assert!(
-            s.chars().count() <= "run_shell: ".len() + SUMMARY_CHARS + 1,
+            s.chars().count() <= "run_shell: ".len() + SUMMARY_CHARS,
             "{s}"
         );
+        assert!(s.ends_with('…'), "{s}");
     }
 }

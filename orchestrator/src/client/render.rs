@@ -353,6 +353,11 @@ fn preview_lines(style: Style, text: &str, max: usize) -> String {
 }
 
 /// `YYYY-MM-DD HH:MM:SS` (UTC) for milliseconds since the epoch.
+/// `ms` as ISO 8601 / RFC 3339 UTC (`2026-12-03T08:00:00Z`), for machine-read fields.
+pub fn iso8601(ms: u64) -> String {
+    format!("{}Z", utc(ms).replacen(' ', "T", 1))
+}
+
 pub fn utc(ms: u64) -> String {
     let secs = ms / 1000;
     let days = (secs / 86_400) as i64;
@@ -449,6 +454,7 @@ mod tests {
     #[test]
     fn utc_dates() {
         assert_eq!(utc(0), "1970-01-01 00:00:00");
+        assert_eq!(iso8601(0), "1970-01-01T00:00:00Z");
         assert_eq!(utc(1_732_420_000_000), "2024-11-24 03:46:40");
         assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00");
     }

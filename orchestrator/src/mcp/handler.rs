@@ -217,7 +217,7 @@ impl AirlockMcp {
         ctx: &RequestContext<RoleServer>,
         client: &str,
     ) -> DetailedTask {
-        let iso = |ms: u64| format!("{}Z", crate::client::render::utc(ms).replacen(' ', "T", 1));
+        let iso = crate::client::render::iso8601;
         let base = Task::new(
             rec.id.clone(),
             TaskStatus::Working,
@@ -239,13 +239,7 @@ impl AirlockMcp {
             s if !s.is_terminal() => TaskPayload::Working,
             CallStatus::Cancelled if rec.outcome.is_none() => TaskPayload::Cancelled,
             _ => {
-                let output = match self.engine.call_output(rec).await {
-                    Ok(o) => o
-                        .iter()
-                        .filter_map(|v| v["data"].as_str())
-                        .collect::<String>(),
-                    Err(_) => String::new(),
-                };
+                let output = self.output_of(rec).await;
                 let result = serde_json::to_value(call_result(rec, &output))
                     .ok()
                     .and_then(|v| v.as_object().cloned())
@@ -259,6 +253,14 @@ impl AirlockMcp {
             base
         };
         DetailedTask::new(base, payload)
+    }
+
+    /// A finished call's output, as one text (empty when Redis cannot give it now).
+    async fn output_of(&self, rec: &CallRecord) -> String {
+        match self.engine.call_output(rec).await {
+            Ok(o) => o.iter().filter_map(|v| v["data"].as_str()).collect(),
+            Err(_) => String::new(),
+        }
     }
 
     /// The call behind a task id, if it is this user's.
@@ -483,13 +485,7 @@ impl AirlockMcp {
                 }
             };
             if rec.status.is_terminal() {
-                let output = match self.engine.call_output(&rec).await {
-                    Ok(o) => o
-                        .iter()
-                        .filter_map(|v| v["data"].as_str())
-                        .collect::<String>(),
-                    Err(_) => String::new(),
-                };
+                let output = self.output_of(&rec).await;
                 return call_result(&rec, &output);
             }
             if let Some(since) = cancelled_at {
