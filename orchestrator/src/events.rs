@@ -20,6 +20,9 @@ pub enum Event {
     CallProposed(CallProposed),
     /// The call waits for its owner's decision (written by the same script as `call_proposed`).
     ApprovalRequired(ApprovalRequired),
+    /// The owner replaced the proposed content while the call waits: new arguments, hash and
+    /// preview (the approval binds to these now).
+    CallEdited(CallEdited),
     /// The owner approved the call (written by the store's decide script).
     Approved(CallDecided),
     /// The owner denied the call (written by the store's decide script).
@@ -88,6 +91,18 @@ pub struct CallProposed {
     pub error: Option<Value>,
     #[serde(default)]
     pub expires_at_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallEdited {
+    pub call_id: String,
+    pub status: CallStatus,
+    pub args: Value,
+    pub args_sha256: String,
+    pub preview: Option<Value>,
+    pub edited_by: String,
+    /// The hash of what the call was before this edit.
+    pub from_args_sha256: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -306,6 +321,7 @@ impl Event {
         match self {
             Event::CallProposed(_) => "call_proposed",
             Event::ApprovalRequired(_) => "approval_required",
+            Event::CallEdited(_) => "call_edited",
             Event::Approved(_) => "approved",
             Event::Denied(_) => "denied",
             Event::Expired(_) => "expired",
@@ -330,6 +346,7 @@ impl Event {
         match self {
             Event::CallProposed(e) => Some((&e.call_id, Some(e.status))),
             Event::ApprovalRequired(e) => Some((&e.call_id, Some(e.status))),
+            Event::CallEdited(e) => Some((&e.call_id, Some(e.status))),
             Event::Approved(e) | Event::Denied(e) | Event::Expired(e) => {
                 Some((&e.call_id, Some(e.status)))
             }

@@ -307,6 +307,14 @@ pub fn render_tool_result(
                         body.push_str(output);
                         body.push('\n');
                     }
+                    if let Some(e) = &rec.edited {
+                        body.push_str(&format!(
+                            "the user ({}) edited your proposed change before approving it: \
+                             what ran is their version, not yours (the diff above is what \
+                             was applied); build on it\n",
+                            e["by"].as_str().unwrap_or("the owner")
+                        ));
+                    }
                     if rec.approved_change.is_some() {
                         if let Some(r) = rec.reason.as_deref().filter(|r| !r.trim().is_empty()) {
                             body.push_str(&format!(

@@ -119,6 +119,33 @@ pub(super) async fn decide(
     Ok(Json(call_json(&rec)))
 }
 
+/// `POST /v1/tool-calls/{id}/edit`: the owner's version of a waiting change, previewed; the
+/// call keeps waiting, bound to the new `args_sha256`.
+pub(super) async fn edit_call(
+    State(st): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(id): Path<String>,
+    body: Result<Json<EditBody>, JsonRejection>,
+) -> Result<Json<Call>, AppError> {
+    let Json(body) = body?;
+    let replacement = match (body.content, body.new_strings) {
+        (Some(c), None) => Replacement::Content(c),
+        (None, Some(t)) if !t.is_empty() && t.len() <= 1000 => Replacement::NewTexts(t),
+        _ => {
+            return Err(AppError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "give exactly one of `content` (a write_file) and `new_strings` (an edit_file: 1 to 1000, one per edit)",
+            ))
+        }
+    };
+    let rec = st
+        .engine
+        .edit_call(&user, &id, &body.args_sha256, replacement)
+        .await?;
+    Ok(Json(call_json(&rec)))
+}
+
 /// `POST /v1/sessions/{id}/grants`: approve a tool + pattern for the rest of the session.
 pub(super) async fn add_grant(
     State(st): State<AppState>,

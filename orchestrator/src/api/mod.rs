@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::agent::{Agent, AgentError};
-use crate::engine::{Engine, EngineError, EventStream};
+use crate::engine::{Engine, EngineError, EventStream, Replacement};
 use crate::policy::{Role, User};
 use crate::store::{CallRecord, StoreError, StoredEvent};
 
@@ -135,6 +135,7 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("GET", "/v1/sessions/{id}/grants", Access::User),
     ("GET", "/v1/tool-calls/{id}", Access::User),
     ("POST", "/v1/tool-calls/{id}/decision", Access::User),
+    ("POST", "/v1/tool-calls/{id}/edit", Access::User),
     ("POST", "/v1/tool-calls/{id}/cancel", Access::User),
     ("GET", "/v1/audit", Access::Admin),
     ("GET", "/v1/openapi.json", Access::User),
@@ -175,6 +176,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/sessions/{id}/grants", post(add_grant).get(list_grants))
         .route("/v1/tool-calls/{id}", get(get_call))
         .route("/v1/tool-calls/{id}/decision", post(decide))
+        .route("/v1/tool-calls/{id}/edit", post(edit_call))
         .route("/v1/tool-calls/{id}/cancel", post(cancel))
         .route("/v1/audit", get(audit_entries))
         .route("/v1/openapi.json", get(openapi_json))

@@ -53,6 +53,24 @@ pub struct DecisionBody {
     pub hunks: Option<Vec<u32>>,
 }
 
+/// `POST /v1/tool-calls/{id}/edit`: exactly one of `content` (a `write_file`) and
+/// `new_strings` (an `edit_file`).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(extend("oneOf" = [{"required": ["content"]}, {"required": ["new_strings"]}]))]
+pub struct EditBody {
+    /// The `args_sha256` of the call as shown when the edit began.
+    pub args_sha256: String,
+    /// A `write_file`'s whole new content.
+    #[serde(default)]
+    #[schemars(with = "String")]
+    pub content: Option<String>,
+    /// An `edit_file`'s new texts, one per edit in order (the texts they replace stay).
+    #[serde(default)]
+    #[schemars(with = "Vec<String>", length(min = 1, max = 1000))]
+    pub new_strings: Option<Vec<String>>,
+}
+
 /// `POST /v1/sessions/{id}/grants`.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -190,6 +208,9 @@ pub struct Call {
     pub result: Option<Value>,
     pub error: Option<Value>,
     pub outcome: Option<Value>,
+    /// The owner replaced the model's content before deciding: `{"by", "at_ms",
+    /// "from_args_sha256"}`; `args` and `preview` are the edited ones.
+    pub edited: Option<Value>,
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
 }
@@ -213,6 +234,7 @@ impl From<&CallRecord> for Call {
             result: c.result.clone(),
             error: c.error.clone(),
             outcome: c.outcome.clone(),
+            edited: c.edited.clone(),
             created_at_ms: c.created_at_ms,
             updated_at_ms: c.updated_at_ms,
         }

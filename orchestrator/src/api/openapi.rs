@@ -144,6 +144,15 @@ fn describe(method: &str, path: &str, g: &mut SchemaGenerator) -> Op {
                 t!(Call),
             )
         },
+        ("POST", "/v1/tool-calls/{id}/edit") => Op {
+            body: t!(EditBody),
+            ..op(
+                "Replace a waiting change's content before deciding; the call stays pending, bound to the new args_sha256",
+                200,
+                "The call with the edited arguments and preview",
+                t!(Call),
+            )
+        },
         ("POST", "/v1/tool-calls/{id}/cancel") => op(
             "Cancel a pending or running call",
             200,

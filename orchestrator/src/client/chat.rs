@@ -88,18 +88,22 @@ pub async fn run(args: ChatArgs) -> Result<ExitCode, ClientError> {
     };
     chat.banner(args.session.is_some());
 
-    // Lines from the terminal, on a thread of their own (a blocked read never holds up exit).
+    // Lines from the terminal, on a thread of their own (a blocked read never holds up exit),
+    // one at a time when asked: while `$EDITOR` runs, nothing here reads the terminal.
     let (line_tx, mut line_rx) = mpsc::channel::<Option<String>>(16);
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
     std::thread::spawn(move || {
         let stdin = std::io::stdin();
-        for line in stdin.lock().lines() {
-            let Ok(line) = line else { break };
+        let mut lines = stdin.lock().lines();
+        while go_rx.recv().is_ok() {
+            let Some(Ok(line)) = lines.next() else { break };
             if line_tx.blocking_send(Some(line)).is_err() {
                 return;
             }
         }
         let _ = line_tx.blocking_send(None);
     });
+    let _ = go_tx.send(());
     let (ev_tx, mut ev_rx) = mpsc::channel::<StreamMsg>(512);
     let follower = tokio::spawn(follow(client.clone(), session.clone(), ev_tx));
 
@@ -132,6 +136,7 @@ pub async fn run(args: ChatArgs) -> Result<ExitCode, ClientError> {
                     if chat.on_line(&l).await {
                         break ExitCode::SUCCESS;
                     }
+                    let _ = go_tx.send(());
                     chat.refresh().await;
                 }
                 _ => {
@@ -315,6 +320,63 @@ struct CallInfo {
     started: Option<Instant>,
     /// Output not ended by a newline yet, per stream.
     partial: HashMap<String, String>,
+    /// Hunks in the change's preview (0: not a change).
+    hunks: usize,
+}
+
+fn hunk_count(preview: &Value) -> usize {
+    preview["hunks"].as_array().map_or(0, Vec::len)
+}
+
+/// The marker line before edit `i`'s new text (of `n`) in the file `$EDITOR` opens.
+fn new_text_marker(i: usize, n: usize) -> String {
+    format!(
+        ">>> airlock: the new text of edit {} of {n} follows (keep this line) <<<\n",
+        i + 1
+    )
+}
+
+/// What the user edits for a change: a write's content; an edit's new texts, each after
+/// its marker line.
+fn editable_text(tool: &str, args: &Value) -> Option<String> {
+    match tool {
+        "write_file" => args["content"].as_str().map(str::to_string),
+        "edit_file" => {
+            let edits = args["edits"].as_array()?;
+            let mut t = String::new();
+            for (i, e) in edits.iter().enumerate() {
+                t.push_str(&new_text_marker(i, edits.len()));
+                t.push_str(e["new_string"].as_str().unwrap_or_default());
+                t.push('\n');
+            }
+            Some(t)
+        }
+        _ => None,
+    }
+}
+
+/// The `n` new texts back from [`editable_text`]'s form; `None` when a marker is missing.
+fn split_new_strings(text: &str, n: usize) -> Option<Vec<String>> {
+    let mut out = Vec::with_capacity(n);
+    let mut rest = text;
+    for i in 0..n {
+        let m = new_text_marker(i, n);
+        let at = rest.find(&m)?;
+        if i == 0 && !rest[..at].trim().is_empty() {
+            return None;
+        }
+        if i > 0 {
+            out.push(strip_one_newline(&rest[..at]).to_string());
+        }
+        rest = &rest[at + m.len()..];
+    }
+    out.push(strip_one_newline(rest).to_string());
+    Some(out)
+}
+
+/// The newline [`editable_text`] put after each text.
+fn strip_one_newline(s: &str) -> &str {
+    s.strip_suffix('\n').unwrap_or(s)
 }
 
 enum Asking {
@@ -322,6 +384,8 @@ enum Asking {
     Choice(String),
     /// "reason for the agent:"
     Reason(String),
+    /// "hunks to approve:"
+    Hunks(String),
 }
 
 struct Chat {
@@ -492,6 +556,23 @@ impl Chat {
                     self.pending.push_back(a.call_id);
                 }
             }
+            Event::CallEdited(e) => {
+                let mut view = json!({"args": e.args, "preview": e.preview});
+                if let Some(c) = self.calls.get_mut(&e.call_id) {
+                    c.sha = e.args_sha256;
+                    c.args = e.args;
+                    c.hunks = hunk_count(&view["preview"]);
+                    view["tool"] = json!(c.tool);
+                }
+                let s = self.style;
+                let out = format!(
+                    "  {} {}\n{}",
+                    s.blue("✎ edited by"),
+                    one_line(&e.edited_by),
+                    render::call(s, &view)
+                );
+                self.block(&out);
+            }
             Event::Approved(x) | Event::Denied(x) | Event::Expired(x) => self.on_decided(x),
             Event::CallStarted(c) => {
                 self.end_text();
@@ -631,6 +712,7 @@ impl Chat {
                 expires_at_ms: c.expires_at_ms,
                 started: None,
                 partial: HashMap::new(),
+                hunks: c.preview.as_ref().map_or(0, hunk_count),
             },
         );
         self.block(&out);
@@ -744,7 +826,7 @@ impl Chat {
     fn forget_pending(&mut self, call: &str) {
         self.pending.retain(|c| c != call);
         let asked = match &self.asking {
-            Some(Asking::Choice(c)) | Some(Asking::Reason(c)) => c == call,
+            Some(Asking::Choice(c)) | Some(Asking::Reason(c)) | Some(Asking::Hunks(c)) => c == call,
             None => false,
         };
         if asked {
@@ -778,6 +860,7 @@ impl Chat {
                                 expires_at_ms: call["expires_at_ms"].as_u64(),
                                 started: None,
                                 partial: HashMap::new(),
+                                hunks: hunk_count(&call["preview"]),
                             },
                         );
                         let out = render::call(self.style, &call);
@@ -832,11 +915,21 @@ impl Chat {
             Some(Asking::Choice(_)) => Some(format!(
                 "{} ",
                 s.bold(&format!(
-                    "[y]es / [n]o{} / [v]iew >",
+                    "[y]es / [n]o{}{} / [v]iew >",
                     if self.grants_allowed {
                         " / [s]ession"
                     } else {
                         ""
+                    },
+                    match &self.asking {
+                        Some(Asking::Choice(id)) => match self.calls.get(id) {
+                            Some(c) if c.hunks > 1 => " / [h]unks / [e]dit",
+                            Some(c) if c.tool == "write_file" || c.tool == "edit_file" => {
+                                " / [e]dit"
+                            }
+                            _ => "",
+                        },
+                        _ => "",
                     }
                 ))
             )),
@@ -844,6 +937,16 @@ impl Chat {
                 "{} ",
                 s.bold("reason for the agent (Enter for none) >")
             )),
+            Some(Asking::Hunks(id)) => {
+                let n = self.calls.get(id).map_or(0, |c| c.hunks);
+                Some(format!(
+                    "{} ",
+                    s.bold(&format!(
+                        "hunks to approve, of 0..{} (e.g. 0,2; Enter to go back) >",
+                        n.saturating_sub(1)
+                    ))
+                ))
+            }
             None if self.running_turn.is_none() && self.connected => {
                 Some(format!("{} ", s.bold("you>")))
             }
@@ -923,6 +1026,18 @@ impl Chat {
                     "y" | "yes" | "a" | "approve" => self.decide(&id, true, None).await,
                     "n" | "no" | "d" | "deny" => self.asking = Some(Asking::Reason(id)),
                     "s" | "session" if self.grants_allowed => self.approve_for_session(&id).await,
+                    "h" | "hunks" if self.calls.get(&id).is_some_and(|c| c.hunks > 1) => {
+                        self.asking = Some(Asking::Hunks(id))
+                    }
+                    "e" | "edit"
+                        if self
+                            .calls
+                            .get(&id)
+                            .is_some_and(|c| c.tool == "write_file" || c.tool == "edit_file") =>
+                    {
+                        self.edit_in_editor(&id).await;
+                        self.asking = Some(Asking::Choice(id));
+                    }
                     "v" | "view" | "?" => {
                         match self.client.get(&format!("/v1/tool-calls/{id}")).await {
                             Ok(call) => {
@@ -937,7 +1052,7 @@ impl Chat {
                         self.block(&format!(
                             "{}\n",
                             s.dim(&format!(
-                                "y: approve exactly this call · n: deny it (you may give a reason){} · v: show it again",
+                                "y: approve exactly this call · n: deny it (you may give a reason){} · h: approve only some hunks · e: edit the change in $EDITOR first · v: show it again",
                                 if self.grants_allowed {
                                     " · s: approve it and allow this pattern for the rest of the session"
                                 } else {
@@ -953,6 +1068,34 @@ impl Chat {
             Some(Asking::Reason(id)) => {
                 let reason = (!input.is_empty()).then(|| input.to_string());
                 self.decide(&id, false, reason).await;
+                false
+            }
+            Some(Asking::Hunks(id)) => {
+                if input.is_empty() {
+                    self.asking = Some(Asking::Choice(id));
+                    return false;
+                }
+                let n = self.calls.get(&id).map_or(0, |c| c.hunks);
+                let ids: Result<Vec<u32>, _> = input
+                    .split(|c: char| c == ',' || c.is_whitespace())
+                    .filter(|t| !t.is_empty())
+                    .map(str::parse::<u32>)
+                    .collect();
+                match ids {
+                    Ok(ids) if !ids.is_empty() && ids.iter().all(|&i| (i as usize) < n) => {
+                        self.decide_hunks(&id, ids).await
+                    }
+                    _ => {
+                        self.block(&format!(
+                            "{}\n",
+                            s.red(&format!(
+                                "hunk ids are numbers from 0 to {}, separated by commas",
+                                n.saturating_sub(1)
+                            ))
+                        ));
+                        self.asking = Some(Asking::Hunks(id));
+                    }
+                }
                 false
             }
             None => {
@@ -1016,6 +1159,21 @@ impl Chat {
     }
 
     async fn decide(&mut self, id: &str, approve: bool, reason: Option<String>) {
+        self.decide_with(id, approve, reason, None).await
+    }
+
+    /// Approves only the hunks `ids` of a change.
+    async fn decide_hunks(&mut self, id: &str, ids: Vec<u32>) {
+        self.decide_with(id, true, None, Some(ids)).await
+    }
+
+    async fn decide_with(
+        &mut self,
+        id: &str,
+        approve: bool,
+        reason: Option<String>,
+        hunks: Option<Vec<u32>>,
+    ) {
         let s = self.style;
         let sha = self
             .calls
@@ -1028,6 +1186,9 @@ impl Chat {
         });
         if let Some(r) = reason {
             body["reason"] = json!(r);
+        }
+        if let Some(h) = hunks {
+            body["hunks"] = json!(h);
         }
         match self
             .client
@@ -1054,6 +1215,106 @@ impl Chat {
                 self.block(&format!("{}\n", s.red(&e.to_string())));
                 self.asking = Some(Asking::Choice(id.to_string()));
             }
+        }
+    }
+
+    /// Opens the waiting change in `$EDITOR` (`$VISUAL`, else `vi`): a write's content, or an
+    /// edit's new texts between marker lines. A changed file is sent as the user's version;
+    /// the server previews it and the call keeps waiting, bound to the new hash (shown by
+    /// its `call_edited` event), for y/n as before.
+    async fn edit_in_editor(&mut self, id: &str) {
+        let s = self.style;
+        let Some(c) = self.calls.get(id) else { return };
+        let (tool, args, sha) = (c.tool.clone(), c.args.clone(), c.sha.clone());
+        let original = match editable_text(&tool, &args) {
+            Some(t) => t,
+            None => return,
+        };
+        let dir = std::env::temp_dir().join(format!("airlock-edit-{}", uuid::Uuid::new_v4()));
+        let file = dir.join(
+            std::path::Path::new(args["path"].as_str().unwrap_or("change.txt"))
+                .file_name()
+                .unwrap_or_default(),
+        );
+        // Only this user may read the change while it is being edited.
+        let written = {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new().mode(0o700).create(&dir)
+        }
+        .and_then(|_| std::fs::write(&file, &original));
+        if let Err(e) = written {
+            self.block(&format!(
+                "{}\n",
+                s.red(&format!("cannot write a file to edit: {e}"))
+            ));
+            return;
+        }
+        let editor = std::env::var("VISUAL")
+            .or_else(|_| std::env::var("EDITOR"))
+            .unwrap_or_else(|_| "vi".into());
+        self.clear_transient();
+        // `$EDITOR` may carry arguments (`code --wait`): the shell splits it.
+        let status = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("{editor} \"$1\""))
+            .arg("sh")
+            .arg(&file)
+            .status()
+            .await;
+        let edited = std::fs::read_to_string(&file);
+        let _ = std::fs::remove_dir_all(&dir);
+        let edited = match (status, edited) {
+            (Ok(st), Ok(t)) if st.success() => t,
+            (Ok(st), Ok(_)) => {
+                let m = format!("{editor} exited with {st}; nothing was sent");
+                self.block(&format!("{}\n", s.yellow(&m)));
+                return;
+            }
+            (Ok(_), Err(e)) => {
+                let m = format!("cannot read the edited file back: {e}; nothing was sent");
+                self.block(&format!("{}\n", s.red(&m)));
+                return;
+            }
+            (Err(e), _) => {
+                self.block(&format!(
+                    "{}\n",
+                    s.red(&format!("cannot run {editor}: {e}"))
+                ));
+                return;
+            }
+        };
+        if edited == original {
+            self.block(&format!("{}\n", s.dim("unchanged: nothing was sent")));
+            return;
+        }
+        let mut body = json!({ "args_sha256": sha });
+        if tool == "write_file" {
+            body["content"] = json!(edited);
+        } else {
+            let n = args["edits"].as_array().map_or(0, Vec::len);
+            match split_new_strings(&edited, n) {
+                Some(t) => body["new_strings"] = json!(t),
+                None => {
+                    self.block(&format!(
+                        "{}\n",
+                        s.red("the marker lines were changed or removed: nothing was sent")
+                    ));
+                    return;
+                }
+            }
+        }
+        match self
+            .client
+            .request(
+                reqwest::Method::POST,
+                &format!("/v1/tool-calls/{id}/edit"),
+                Some(body),
+            )
+            .await
+        {
+            Ok(Ok(_)) => {} // the call_edited event shows the new diff
+            Ok(Err(e)) => self.block(&format!("{}\n", s.red(&format!("not edited: {e}")))),
+            Err(e) => self.block(&format!("{}\n", s.red(&format!("not edited: {e}")))),
         }
     }
 
@@ -1135,5 +1396,29 @@ mod tests {
         assert!(!is_after("1-5", "1-5"));
         assert!(!is_after("1-4", "1-5"));
         assert!(!is_after("9-0", "10-0"));
+    }
+
+    #[test]
+    fn an_edits_new_strings_survive_the_editor_file_and_a_lost_marker_is_refused() {
+        let args = json!({"path": "f", "edits": [
+            {"old_string": "a", "new_string": "one\ntwo"},
+            {"old_string": "b", "new_string": ""},
+            {"old_string": "c", "new_string": "three\n"},
+        ]});
+        let text = editable_text("edit_file", &args).unwrap();
+        assert_eq!(
+            split_new_strings(&text, 3).unwrap(),
+            ["one\ntwo", "", "three\n"]
+        );
+        let edited = text.replace("one\ntwo", "ONE");
+        assert_eq!(split_new_strings(&edited, 3).unwrap()[0], "ONE");
+        let lost = text.replace(&new_text_marker(1, 3), "");
+        assert_eq!(split_new_strings(&lost, 3), None);
+        assert_eq!(split_new_strings(&format!("junk\n{text}"), 3), None);
+        assert_eq!(
+            editable_text("write_file", &json!({"path": "f", "content": "x"})).as_deref(),
+            Some("x")
+        );
+        assert_eq!(editable_text("run_shell", &json!({"command": "ls"})), None);
     }
 }

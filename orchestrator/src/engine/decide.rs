@@ -230,6 +230,108 @@ impl Engine {
         }
     }
 
+    /// The owner's own version of a change awaiting approval: the proposal's arguments with
+    /// `replacement` put in, previewed in a read-only container against the file the proposal
+    /// saw (`stale_file` if it changed since). The call keeps waiting, now bound to the new
+    /// arguments: approving takes the hash of this version, and the old hash is refused.
+    pub async fn edit_call(
+        self: &Arc<Self>,
+        user: &User,
+        call_id: &str,
+        args_sha256: &str,
+        replacement: Replacement,
+    ) -> Result<CallRecord, EngineError> {
+        let rec = self.owned_call(user, call_id).await?;
+        if rec.status != CallStatus::AwaitingApproval {
+            return Err(EngineError::Conflict(format!(
+                "only a call awaiting approval can be edited: this one is `{}`",
+                rec.status
+            )));
+        }
+        if rec.args_sha256 != args_sha256 {
+            return Err(EngineError::Conflict(
+                "args_sha256 does not match this call: refresh it and edit what it does now".into(),
+            ));
+        }
+        let args = replacement.apply(&rec.tool, &rec.args)?;
+        if args == rec.args {
+            return Err(EngineError::BadRequest(
+                "the edit changes nothing: approve the call as it is".into(),
+            ));
+        }
+        let size = serde_json::to_vec(&args).map_or(usize::MAX, |v| v.len());
+        if size > self.limits.max_args_bytes {
+            return Err(EngineError::BadRequest(format!(
+                "the edited arguments are {size} bytes; the limit is {} bytes",
+                self.limits.max_args_bytes
+            )));
+        }
+        let call =
+            ToolCall::from_parts(&rec.tool, args.clone()).map_err(EngineError::BadRequest)?;
+        let policy = self.policy();
+        let verdict =
+            policy.evaluate_with_grants(user, &call, &self.grants(&rec.session_id).await?);
+        if verdict.decision == Decision::Deny {
+            return Err(EngineError::Forbidden(format!(
+                "the policy denies the edited call (rule `{}`)",
+                verdict.rule
+            )));
+        }
+        let change = match self.preview(user, &policy, &rec, &call).await? {
+            Ok(c) => c,
+            Err(e) => {
+                return Err(EngineError::BadRequest(format!(
+                    "the edited change cannot be applied: {}",
+                    e["message"].as_str().unwrap_or("the preview failed")
+                )))
+            }
+        };
+        // Previewed against the file as it is now: it must still be the one the proposal saw.
+        if change.get("old_sha256").and_then(Value::as_str) != rec.expected_sha256.as_deref() {
+            return Err(EngineError::Conflict(format!(
+                "stale_file: {} changed since the proposal; deny this call and let the agent propose again",
+                rec.args["path"].as_str().unwrap_or("the file")
+            )));
+        }
+        let new_hash = binding_sha256(&rec.tool, &args, rec.expected_sha256.as_deref());
+        // Edited twice: still named after the model's own proposal.
+        let from = rec
+            .edited
+            .as_ref()
+            .and_then(|e| e["from_args_sha256"].as_str())
+            .unwrap_or(&rec.args_sha256)
+            .to_string();
+        let edited = json!({"by": user.name, "at_ms": now_ms(), "from_args_sha256": from});
+        let mut audited = rec.clone();
+        audited.args_sha256 = new_hash.clone();
+        let mut audit = self.audit(&audited, &user.name, "edited", "awaiting_approval");
+        audit.detail = Some(format!("replaced args_sha256 {}", rec.args_sha256));
+        let event = ev::Event::CallEdited(ev::CallEdited {
+            call_id: rec.id.clone(),
+            status: CallStatus::AwaitingApproval,
+            args: args.clone(),
+            args_sha256: new_hash.clone(),
+            preview: Some(change.clone()),
+            edited_by: user.name.clone(),
+            from_args_sha256: rec.args_sha256.clone(),
+        });
+        let patch = [
+            ("args", args.to_string()),
+            ("args_sha256", new_hash),
+            ("preview", change.to_string()),
+            ("edited", edited.to_string()),
+        ];
+        self.store
+            .edit_pending(call_id, &patch, event, &audit)
+            .await
+            .map_err(|e| match e {
+                StoreError::Conflict { current } => EngineError::Conflict(format!(
+                    "this call was already decided: it is `{current}`"
+                )),
+                other => other.into(),
+            })
+    }
+
     /// Moves due approvals to `expired` and stops their containers.
     pub async fn expire_due(&self) -> Result<usize, EngineError> {
         let expired = self.store.expire_due(now_ms()).await?;
@@ -279,5 +381,57 @@ impl Engine {
             })?;
         self.discard_prepared(call_id);
         Ok(rec)
+    }
+}
+
+/// What the owner puts in place of a proposed change ([`Engine::edit_call`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Replacement {
+    /// A `write_file`'s whole content.
+    Content(String),
+    /// An `edit_file`'s new texts, one per edit in order; the texts they replace stay the
+    /// model's (they name where the edit goes).
+    NewTexts(Vec<String>),
+}
+
+impl Replacement {
+    /// `args` of a `tool` call with this replacement put in.
+    pub fn apply(&self, tool: &str, args: &Value) -> Result<Value, EngineError> {
+        let mut args = args.clone();
+        match (tool, self) {
+            ("write_file", Replacement::Content(c)) => args["content"] = json!(c),
+            ("edit_file", Replacement::NewTexts(texts)) => {
+                let edits = args
+                    .get_mut("edits")
+                    .and_then(Value::as_array_mut)
+                    .ok_or_else(|| EngineError::BadRequest("this edit_file has no edits".into()))?;
+                if edits.len() != texts.len() {
+                    return Err(EngineError::BadRequest(format!(
+                        "this edit_file makes {} edit(s): give {} new text(s), in order",
+                        edits.len(),
+                        edits.len()
+                    )));
+                }
+                for (e, t) in edits.iter_mut().zip(texts) {
+                    e["new_string"] = json!(t);
+                }
+            }
+            ("write_file", _) => {
+                return Err(EngineError::BadRequest(
+                    "a write_file is edited with `content` (the whole new content)".into(),
+                ))
+            }
+            ("edit_file", _) => {
+                return Err(EngineError::BadRequest(
+                    "an edit_file is edited with `new_strings` (one per edit, in order)".into(),
+                ))
+            }
+            _ => {
+                return Err(EngineError::BadRequest(
+                    "only write_file and edit_file changes can be edited before approval".into(),
+                ))
+            }
+        }
+        Ok(args)
     }
 }

@@ -34,6 +34,7 @@ mod recovery;
 mod retention;
 mod run;
 mod sessions;
+pub use decide::Replacement;
 pub use retention::RetentionReport;
 
 /// Errors of the engine, mapped to HTTP statuses by the API.

@@ -548,15 +548,26 @@ impl Sandbox {
     /// changed since the survey), surveys again and sends it once more to a fresh container.
     pub async fn send(
         &self,
-        prepared: Prepared,
+        mut prepared: Prepared,
         profile: &Profile,
         spec: &CallSpec,
         request: &Request,
     ) -> Result<CallHandle, SandboxError> {
         if spec.writable {
             // A writer is about to change this workspace: its idle read-only containers may
-            // carry a mask set the write makes stale.
-            drop(self.inner.pool.clear_workspace(&spec.workspace));
+            // carry a mask set the write makes stale. They leave the pool now; removing them
+            // waits until this call's own container is gone, so two `docker rm`s do not
+            // compete with the call for the host's cores (measured: approve → result).
+            let stale = self.inner.pool.clear_workspace(&spec.workspace);
+            if !stale.is_empty() {
+                let earlier = prepared.after.take();
+                prepared.after = Some(Box::new(move || {
+                    drop(stale);
+                    if let Some(f) = earlier {
+                        f();
+                    }
+                }));
+            }
         }
         match prepared.send(request).await {
             Err(SandboxError::NotStarted(why)) => {

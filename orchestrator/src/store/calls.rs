@@ -152,7 +152,9 @@ impl Store {
             call.status.as_str(),
             Some(detail),
         );
-        args.extend(audit.to_fields());
+        let audit = audit.to_fields();
+        self.link_audit(&mut args, &audit).await;
+        args.extend(audit);
         let k = &self.inner.keys;
         let keys = self.call_keys(&[
             k.session(&call.session_id),
@@ -196,14 +198,54 @@ impl Store {
         if !valid_id(call_id) {
             return Err(StoreError::NotFound);
         }
+        check_patch(patch)?;
+        let allowed = CallStatus::predecessors(to);
+        self.transition_from(call_id, &allowed, to, patch, event, audit)
+            .await
+    }
+
+    /// Replaces what a call awaiting approval would do — `args`, `args_sha256` (the new
+    /// binding: the approval key is re-armed with it, so a decision carrying the old hash is
+    /// a mismatch), `preview` and `edited` — if it still awaits approval (else `Conflict`),
+    /// with its event and audit entry, in one script.
+    pub async fn edit_pending(
+        &self,
+        call_id: &str,
+        patch: &[(&str, String)],
+        event: Event,
+        audit: &AuditEntry,
+    ) -> Result<CallRecord, StoreError> {
+        super::codec::check_edit_patch(patch)?;
+        let waiting = [CallStatus::AwaitingApproval];
+        let (rec, _) = self
+            .transition_from(
+                call_id,
+                &waiting,
+                CallStatus::AwaitingApproval,
+                patch,
+                Some(event),
+                Some(audit),
+            )
+            .await?;
+        Ok(rec)
+    }
+
+    async fn transition_from(
+        &self,
+        call_id: &str,
+        allowed: &[CallStatus],
+        to: CallStatus,
+        patch: &[(&str, String)],
+        event: Option<Event>,
+        audit: Option<&AuditEntry>,
+    ) -> Result<(CallRecord, Option<String>), StoreError> {
+        if !valid_id(call_id) {
+            return Err(StoreError::NotFound);
+        }
         if let Some(e) = &event {
             check_call_event(e, call_id, to)?;
         }
-        check_patch(patch)?;
-        let allowed: Vec<&str> = CallStatus::predecessors(to)
-            .iter()
-            .map(|s| s.as_str())
-            .collect();
+        let allowed: Vec<&str> = allowed.iter().map(|s| s.as_str()).collect();
         let mut args = self.base_args();
         args.extend([
             call_id.into(),
@@ -227,7 +269,9 @@ impl Store {
             }
         }
         if let Some(a) = audit {
-            args.extend(a.to_fields());
+            let a = a.to_fields();
+            self.link_audit(&mut args, &a).await;
+            args.extend(a);
         }
         let keys = self.call_keys(&[self.inner.keys.call(call_id)]);
         let r: Vec<String> = self.invoke(&SCRIPTS.transition, &keys, &args).await?;
@@ -276,25 +320,26 @@ impl Store {
         } else {
             "<malformed>".into()
         };
-        let args = vec![
-            self.inner.keys.prefix.clone(),
-            now_ms.to_string(),
-            self.instance.to_string(),
+        let audit_detail = match approved_change.and_then(|c| c.get("hunks")) {
+            Some(h) => format!(
+                "hunks {h} of the change; {}",
+                truncate_chars(reason.unwrap_or(""), AUDIT_REASON_CHARS)
+            ),
+            None => truncate_chars(reason.unwrap_or(""), AUDIT_REASON_CHARS).to_string(),
+        };
+        let mut args = self.args_at(now_ms);
+        self.link_decision(&mut args, call_id, user, to, &audit_detail, now_ms)
+            .await;
+        args.extend([
             call_id.into(),
             user.into(),
             args_sha256.into(),
             to.as_str().into(),
             reason.unwrap_or("").into(),
             format!("decision carried args_sha256 {shown}"),
-            match approved_change.and_then(|c| c.get("hunks")) {
-                Some(h) => format!(
-                    "hunks {h} of the change; {}",
-                    truncate_chars(reason.unwrap_or(""), AUDIT_REASON_CHARS)
-                ),
-                None => truncate_chars(reason.unwrap_or(""), AUDIT_REASON_CHARS).to_string(),
-            },
+            audit_detail,
             approved_change.map(|c| c.to_string()).unwrap_or_default(),
-        ];
+        ]);
         let k = &self.inner.keys;
         let keys = self.call_keys(&[k.call(call_id), k.approval(call_id)]);
         let r: Vec<String> = self.invoke(&SCRIPTS.decide, &keys, &args).await?;
@@ -323,18 +368,61 @@ impl Store {
         }
     }
 
+    /// The audit link for the entry `decide.lua` writes when the decision goes through
+    /// (`audit_for` of the call's fields): the call and the head in one round trip.
+    async fn link_decision(
+        &self,
+        args: &mut [String],
+        call_id: &str,
+        user: &str,
+        to: CallStatus,
+        detail: &str,
+        now_ms: u64,
+    ) {
+        let k = &self.inner.keys;
+        type Fields = Vec<Option<String>>;
+        type Head = (Option<String>, Option<String>);
+        let read: Result<(Fields, Head), _> = self
+            .run(|mut c| async move {
+                redis::pipe()
+                    .cmd("HMGET")
+                    .arg(k.call(call_id))
+                    .arg(&["session_id", "tool", "args_sha256", "policy_sha256", "rule"])
+                    .cmd("HMGET")
+                    .arg(k.audit_head())
+                    .arg(&["seq", "hash"])
+                    .query_async(&mut c)
+                    .await
+            })
+            .await;
+        let Ok((f, head)) = read else { return };
+        let get = |i: usize| f.get(i).cloned().flatten().unwrap_or_default();
+        let entry = AuditEntry {
+            at_ms: now_ms,
+            actor: user.into(),
+            action: to.as_str().into(),
+            session_id: get(0),
+            call_id: call_id.into(),
+            tool: get(1),
+            args_sha256: get(2),
+            outcome: to.as_str().into(),
+            policy_sha256: get(3),
+            rule: get(4),
+            detail: (!detail.is_empty()).then(|| detail.to_string()),
+        };
+        let [msg, hash] = super::audit::audit_link(head, &entry.to_fields());
+        args[3] = msg;
+        args[4] = hash;
+    }
+
     /// Moves every call whose approval window ended at or before `now_ms` to `expired` (event
     /// and audit entry each, through the same script path as `decide`'s expiry, so a racing
     /// approval and expiry resolve to exactly one). Returns the calls it expired.
     pub async fn expire_due(&self, now_ms: u64) -> Result<Vec<CallRecord>, StoreError> {
         let mut out = Vec::new();
         loop {
-            let args = vec![
-                self.inner.keys.prefix.clone(),
-                now_ms.to_string(),
-                self.instance.to_string(),
-                EXPIRE_BATCH.to_string(),
-            ];
+            let mut args = self.args_at(now_ms);
+            args.push(EXPIRE_BATCH.to_string());
             let v: redis::Value = self
                 .invoke(&SCRIPTS.expire_due, &self.call_keys(&[]), &args)
                 .await?;

@@ -46,6 +46,10 @@ pub struct CallRecord {
     /// What an approval of only some hunks approved: `{"hunks": [ids], "sha256": the
     /// resulting content's, "diff": its diff}`; written with the approval, applied exactly.
     pub approved_change: Option<serde_json::Value>,
+    /// The owner replaced the proposed content before deciding: `{"by", "at_ms",
+    /// "from_args_sha256"}` (the hash of the model's own proposal). `args`, `args_sha256` and
+    /// `preview` are then the edited ones.
+    pub edited: Option<serde_json::Value>,
 }
 
 /// One event of a session's stream. `id` is the stream entry id (`<ms>-<seq>`), increasing.
@@ -202,6 +206,31 @@ pub(super) fn check_patch(patch: &[(&str, String)]) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The fields of an owner's edit ([`super::Store::edit_pending`]): exactly the new `args`,
+/// `args_sha256`, `preview` and `edited`, each well formed. No transition may set the first
+/// two (they are what an approval binds to).
+pub(super) fn check_edit_patch(patch: &[(&str, String)]) -> Result<(), StoreError> {
+    let mut keys: Vec<&str> = patch.iter().map(|(k, _)| *k).collect();
+    keys.sort_unstable();
+    if keys != ["args", "args_sha256", "edited", "preview"] {
+        return Err(StoreError::Invalid(
+            "an edit sets exactly args, args_sha256, preview and edited".into(),
+        ));
+    }
+    for (k, v) in patch {
+        let ok = match *k {
+            "args_sha256" => v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()),
+            _ => serde_json::from_str::<serde_json::Value>(v).is_ok_and(|j| j.is_object()),
+        };
+        if !ok {
+            return Err(StoreError::Invalid(format!(
+                "edit field `{k}` is malformed"
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl CallRecord {
     /// The unified diff of the change's preview (write_file, edit_file), or "".
     pub fn preview_diff(&self) -> &str {
@@ -247,6 +276,7 @@ impl CallRecord {
             error: None,
             outcome: None,
             approved_change: None,
+            edited: None,
         }
     }
 
@@ -284,6 +314,7 @@ impl CallRecord {
             "approved_change",
             self.approved_change.as_ref().map(|v| v.to_string()),
         );
+        opt("edited", self.edited.as_ref().map(|v| v.to_string()));
         f
     }
 
@@ -330,6 +361,7 @@ impl CallRecord {
             error: json("error")?,
             outcome: json("outcome")?,
             approved_change: json("approved_change")?,
+            edited: json("edited")?,
         })
     }
 

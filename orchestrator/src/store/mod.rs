@@ -454,13 +454,41 @@ impl Store {
         v
     }
 
-    /// `ARGV[1..3]` of every script built on `prelude.lua`.
+    /// `ARGV[1..5]` of every script built on `prelude.lua`: the prefix, now, the instance and
+    /// no precomputed audit link (see [`Store::link_audit`]).
     fn base_args(&self) -> Vec<String> {
+        self.args_at(now_ms())
+    }
+
+    /// [`Store::base_args`] with `now` given.
+    fn args_at(&self, now: u64) -> Vec<String> {
         vec![
             self.inner.keys.prefix.clone(),
-            now_ms().to_string(),
+            now.to_string(),
             self.instance.to_string(),
+            String::new(),
+            String::new(),
         ]
+    }
+
+    /// Puts into `args` (from [`Store::base_args`]) the link of an audit entry with `fields`
+    /// after the head as it is now (`audit::audit_link`). The head cannot be read → no link:
+    /// the script hashes in Lua, or fails on its own terms.
+    async fn link_audit(&self, args: &mut [String], fields: &[String]) {
+        let head: Option<(Option<String>, Option<String>)> = self
+            .query(
+                redis::cmd("HMGET")
+                    .arg(self.inner.keys.audit_head())
+                    .arg("seq")
+                    .arg("hash"),
+            )
+            .await
+            .ok();
+        if let Some(head) = head {
+            let [msg, hash] = audit::audit_link(head, fields);
+            args[3] = msg;
+            args[4] = hash;
+        }
     }
 
     // --- health --------------------------------------------------------------------------------
@@ -492,7 +520,8 @@ fn redact(msg: &str, secrets: &[String]) -> String {
 
 // ---------------------------------------------------------------------------------------------
 // Lua, in `store/lua/`. The call scripts share `prelude.lua` (KEYS[1..5]: the shared indexes;
-// ARGV[1..3]: the prefix, now and the instance); the others stand alone.
+// ARGV[1..5]: the prefix, now, the instance and an audit link, the last two removed by the
+// prelude); the others stand alone.
 
 const PRELUDE: &str = include_str!("lua/prelude.lua");
 
@@ -700,6 +729,29 @@ mod tests {
         assert_eq!(truncate_chars("héllo", 2), "hé");
         assert_eq!(truncate_chars("ab", 5), "ab");
         assert_eq!(truncate_chars(&"é".repeat(300), 256).chars().count(), 256);
+    }
+
+    #[test]
+    fn an_edit_sets_exactly_its_four_well_formed_fields() {
+        use super::codec::check_edit_patch;
+        let sha = "a".repeat(64);
+        let good = |sha: &str| {
+            vec![
+                ("args", "{\"path\":\"f\"}".to_string()),
+                ("args_sha256", sha.to_string()),
+                ("preview", "{\"diff\":\"\"}".to_string()),
+                ("edited", "{\"by\":\"alice\"}".to_string()),
+            ]
+        };
+        assert!(check_edit_patch(&good(&sha)).is_ok());
+        assert!(check_edit_patch(&good("not a hash")).is_err());
+        let mut more = good(&sha);
+        more.push(("status", "approved".into()));
+        assert!(check_edit_patch(&more).is_err());
+        assert!(check_edit_patch(&good(&sha)[..3]).is_err());
+        let mut bad = good(&sha);
+        bad[0].1 = "[1]".into();
+        assert!(check_edit_patch(&bad).is_err());
     }
 
     #[test]

@@ -426,6 +426,18 @@
         showActions(v, c);
         break;
       }
+      case 'call_edited': {
+        const c = callCard(v, d.call_id);
+        c.sha = d.args_sha256 || c.sha;
+        c.args = d.args || c.args;
+        c.preview = d.preview || null;
+        const fresh = body({ tool: c.tool, args: c.args, preview: c.preview });
+        c.bodyNode.replaceWith(fresh);
+        c.bodyNode = fresh;
+        addLine(c, 'muted', 'edited by ' + d.edited_by + ': the diff above is the new change');
+        if (c.node.dataset.status === 'awaiting_approval') showActions(v, c);
+        break;
+      }
       case 'approved':
       case 'denied':
       case 'expired': {
@@ -543,7 +555,8 @@
     meta.appendChild(el('span', null, [decision, d.rule].filter(Boolean).join(' · ')));
     meta.appendChild(el('span', 'muted', 'call ' + shortId(id)));
     node.appendChild(meta);
-    node.appendChild(body(d));
+    const bodyNode = body(d);
+    node.appendChild(bodyNode);
     const lines = el('div', 'call-lines');
     node.appendChild(lines);
     const actions = el('div', 'actions hidden');
@@ -558,8 +571,9 @@
       node.classList.add('focused');
       node.scrollIntoView({ block: 'center' });
     }
-    c = { id, node, badge, lines, actions, output, result, tool: d.tool, args: d.args || {},
-          sha: d.args_sha256, expires: d.expires_at_ms, deniedByPolicy: false };
+    c = { id, node, badge, lines, actions, output, result, bodyNode, tool: d.tool, args: d.args || {},
+          preview: d.preview || null, sha: d.args_sha256, expires: d.expires_at_ms,
+          deniedByPolicy: false };
     v.calls.set(id, c);
     if (d.status) setStatus(c, d.status);
     if (d.status === 'denied') {
@@ -667,6 +681,34 @@
       g.appendChild(grantInput);
       a.appendChild(g);
     }
+    // Per-hunk choice: every hunk is ticked; untick what should not be applied.
+    const hunks = (c.preview && Array.isArray(c.preview.hunks)) ? c.preview.hunks : [];
+    const boxes = [];
+    if (hunks.length > 1) {
+      const list = el('div', 'hunks');
+      list.appendChild(el('div', 'label', 'Hunks to apply:'));
+      for (const h of hunks) {
+        const lab = el('label', 'hunk-choice');
+        const box = el('input');
+        box.type = 'checkbox';
+        box.checked = true;
+        box.dataset.hunk = String(h.id);
+        boxes.push(box);
+        lab.appendChild(box);
+        lab.appendChild(el('span', null, ' ' + clean(h.header) + ' (+' + h.added + ' −' + h.removed + ')'));
+        list.appendChild(lab);
+      }
+      a.appendChild(list);
+    }
+    // Edit before approving: the user's own content, previewed by the server.
+    let editBtn = null;
+    if (c.tool === 'write_file' || c.tool === 'edit_file') {
+      const er = el('div', 'action-row edit');
+      editBtn = el('button', 'ghost edit-change', 'Edit…');
+      editBtn.type = 'button';
+      er.appendChild(editBtn);
+      a.appendChild(er);
+    }
     const foot = el('div', 'muted small');
     foot.appendChild(el('span', null, 'bound to args_sha256 ' + String(c.sha || '').slice(0, 16) + '…'));
     if (c.expires) {
@@ -683,9 +725,16 @@
       for (const b of a.querySelectorAll('button, input')) b.disabled = on;
     };
     const decide = async (decision, why) => {
+      const picked = boxes.filter((b) => b.checked).map((b) => Number(b.dataset.hunk));
+      if (decision === 'approve' && boxes.length && picked.length === 0) {
+        err.textContent = 'Tick at least one hunk to approve, or deny the call.';
+        show(err, true);
+        return;
+      }
       busy(true);
       const body = { decision, args_sha256: c.sha };
       if (why) body.reason = why;
+      if (decision === 'approve' && picked.length < boxes.length) body.hunks = picked;
       const r = await api('POST', '/v1/tool-calls/' + encodeURIComponent(c.id) + '/decision', body);
       if (r.status !== 200) {
         busy(false);
@@ -695,6 +744,7 @@
       // Success shows through the call's events.
     };
     approve.addEventListener('click', () => decide('approve'));
+    if (editBtn) editBtn.addEventListener('click', () => openEditor(c, a, err, busy));
     deny.addEventListener('click', () => decide('deny', reason.value.trim()));
     reason.addEventListener('keydown', (e) => {
       if (e.key === 'Enter') { e.preventDefault(); decide('deny', reason.value.trim()); }
@@ -713,6 +763,51 @@
         decide('approve');
       });
     }
+  }
+
+  // The edit box: a write's whole content, or one box per edit's new text. "Preview edit"
+  // sends it; the call_edited event then shows the new diff and fresh buttons.
+  function openEditor(c, a, err, busy) {
+    if (a.querySelector('.edit-box')) return;
+    const box = el('div', 'edit-box');
+    const areas = [];
+    const texts = c.tool === 'write_file'
+      ? [c.args.content || '']
+      : (c.args.edits || []).map((e) => e.new_string || '');
+    texts.forEach((t, i) => {
+      if (texts.length > 1 || c.tool === 'edit_file') {
+        box.appendChild(el('div', 'label', c.tool === 'write_file' ? 'content' : 'new text of edit ' + (i + 1) + ' of ' + texts.length));
+      }
+      const ta = el('textarea', 'edit-text');
+      ta.value = t;
+      ta.rows = Math.min(20, Math.max(4, t.split('\n').length + 1));
+      ta.spellcheck = false;
+      areas.push(ta);
+      box.appendChild(ta);
+    });
+    const row = el('div', 'action-row');
+    const send = el('button', 'preview-edit', 'Preview edit');
+    send.type = 'button';
+    const cancel = el('button', 'ghost', 'Cancel');
+    cancel.type = 'button';
+    row.appendChild(send);
+    row.appendChild(cancel);
+    box.appendChild(row);
+    a.insertBefore(box, a.querySelector('.small'));
+    cancel.addEventListener('click', () => box.remove());
+    send.addEventListener('click', async () => {
+      const body = { args_sha256: c.sha };
+      if (c.tool === 'write_file') body.content = areas[0].value;
+      else body.new_strings = areas.map((t) => t.value);
+      busy(true);
+      const r = await api('POST', '/v1/tool-calls/' + encodeURIComponent(c.id) + '/edit', body);
+      busy(false);
+      if (r.status !== 200) {
+        err.textContent = clean('Not edited: ' + errText(r));
+        show(err, true);
+      }
+      // Success shows through the call_edited event (new diff, new buttons).
+    });
   }
 
   function tickExpiry() {

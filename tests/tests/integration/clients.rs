@@ -291,7 +291,7 @@ async fn terminal_chat_approves_an_edit_denies_a_command_resumes_and_cancels() {
                 "-hello world",
                 "+goodbye world",
                 "approve edit_file notes.txt",
-                "[y]es / [n]o / [s]ession / [v]iew >",
+                "[y]es / [n]o / [s]ession / [e]dit / [v]iew >",
             ],
             1,
         )
@@ -1100,6 +1100,26 @@ async fn web_ui_signs_in_approves_a_diff_and_renders_hostile_content_inert() {
     fx.assert_no_containers(None, "after the web test").await;
 }
 
+/// A phone-sized browser (390 × 844) opened at the link a webhook carries for call `id` —
+/// no token in it — and signed in as `token`.
+async fn phone_at_call(base: &str, id: &str, token: &str) -> (Driver, Browser) {
+    let (driver, b) = browser().await;
+    b.set_window_size(390, 844)
+        .await
+        .expect("a phone-sized window");
+    b.goto(&format!("{base}/#call={id}"))
+        .await
+        .expect("open the link");
+    b.wait()
+        .at_most(WAIT)
+        .for_element(Locator::Css("#signin-form"))
+        .await
+        .expect("the sign-in form");
+    fill(&b, "#token", token).await;
+    click(&b, "#signin-button").await;
+    (driver, b)
+}
+
 #[tokio::test]
 async fn a_notification_link_opens_its_call_after_sign_in_on_a_phone_sized_screen() {
     require("chromium");
@@ -1120,21 +1140,7 @@ async fn a_notification_link_opens_its_call_after_sign_in_on_a_phone_sized_scree
         .await;
     let id = call["id"].as_str().unwrap().to_string();
 
-    let (_driver, b) = browser().await;
-    b.set_window_size(390, 844)
-        .await
-        .expect("a phone-sized window");
-    // The link a webhook carries: no token in it; the user signs in first.
-    b.goto(&format!("{}/#call={id}", server.api.base))
-        .await
-        .expect("open the link");
-    b.wait()
-        .at_most(WAIT)
-        .for_element(Locator::Css("#signin-form"))
-        .await
-        .expect("the sign-in form");
-    fill(&b, "#token", &token).await;
-    click(&b, "#signin-button").await;
+    let (_driver, b) = phone_at_call(&server.api.base, &id, &token).await;
     let card = format!(".callcard.focused[data-call-id=\"{id}\"]");
     wait_js(
         &b,
@@ -1169,5 +1175,174 @@ async fn a_notification_link_opens_its_call_after_sign_in_on_a_phone_sized_scree
     assert_eq!(
         fx.alice.workspace.read("phone.txt").as_deref(),
         Some("approved from a phone\n")
+    );
+}
+
+#[tokio::test]
+async fn on_a_phone_one_hunk_is_approved_and_an_edited_change_is_applied_from_the_web_ui() {
+    require("chromium");
+    require("chromedriver");
+    let llm = MockLlm::start(vec![]).await;
+    let fx = fixture(&llm).await;
+    let server = ServerProcess::start(&fx, 0).await;
+    let token = fx.alice.token.clone();
+    let twenty: String = (1..=20).map(|i| format!("line {i}\n")).collect();
+    fx.alice.workspace.write("f.txt", twenty.clone());
+    let sid = server.api.session(&token).await;
+    let two_hunks = server
+        .api
+        .propose_ok(
+            &token,
+            &sid,
+            "edit_file",
+            json!({"path": "f.txt", "edits": [
+                {"old_string": "line 2\n", "new_string": "LINE TWO\n"},
+                {"old_string": "line 17\n", "new_string": "LINE SEVENTEEN\n"},
+            ]}),
+        )
+        .await;
+    let write = server
+        .api
+        .propose_ok(
+            &token,
+            &sid,
+            "write_file",
+            json!({"path": "w.txt", "content": "the model's text\n"}),
+        )
+        .await;
+    let (hid, wid) = (
+        two_hunks["id"].as_str().unwrap().to_string(),
+        write["id"].as_str().unwrap().to_string(),
+    );
+
+    let (_driver, b) = phone_at_call(&server.api.base, &hid, &token).await;
+    let card = format!(".callcard[data-call-id=\"{hid}\"]");
+    wait_js(
+        &b,
+        "two hunk checkboxes on the edit",
+        &format!("return document.querySelectorAll('{card} .hunk-choice input').length === 2;"),
+    )
+    .await;
+    // Untick hunk 0 (line 2), approve the rest.
+    click(&b, &format!("{card} .hunk-choice input[data-hunk=\"0\"]")).await;
+    shot(&b, "web-phone-hunks.png").await;
+    click(&b, &format!("{card} button.approve")).await;
+    let done = server
+        .api
+        .wait_status(&token, &hid, &["succeeded"], Duration::from_secs(30))
+        .await;
+    assert_eq!(done["result"]["applied_hunks"], json!([1]), "{done}");
+    assert_eq!(
+        fx.alice.workspace.read("f.txt"),
+        Some(twenty.replace("line 17\n", "LINE SEVENTEEN\n"))
+    );
+
+    // Edit the write before approving: the card shows the new diff, then approve applies it.
+    let card = format!(".callcard[data-call-id=\"{wid}\"]");
+    click(&b, &format!("{card} button.edit-change")).await;
+    fill(
+        &b,
+        &format!("{card} textarea.edit-text"),
+        "the user's text\n",
+    )
+    .await;
+    click(&b, &format!("{card} button.preview-edit")).await;
+    wait_js(
+        &b,
+        "the edited diff, waiting for approval",
+        &format!(
+            "const c = document.querySelector('{card}'); \
+             return !!c && c.innerText.includes('+the user') && !c.innerText.includes('+the model') \
+               && c.innerText.includes('edited by alice') && !!c.querySelector('button.approve') \
+               && !c.querySelector('.edit-box');"
+        ),
+    )
+    .await;
+    let fits = js(
+        &b,
+        "return document.documentElement.scrollWidth <= window.innerWidth + 1;",
+    )
+    .await;
+    assert_eq!(
+        fits,
+        Value::Bool(true),
+        "the edit box overflows a 390 px screen"
+    );
+    shot(&b, "web-phone-edited.png").await;
+    click(&b, &format!("{card} button.approve")).await;
+    server
+        .api
+        .wait_status(&token, &wid, &["succeeded"], Duration::from_secs(30))
+        .await;
+    assert_eq!(
+        fx.alice.workspace.read("w.txt").as_deref(),
+        Some("the user's text\n")
+    );
+}
+
+#[tokio::test]
+async fn terminal_chat_approves_one_hunk_and_an_edit_made_in_the_editor() {
+    require("tmux");
+    let llm = MockLlm::start(vec![
+        tool_calls(&[(
+            "call_hunks",
+            "edit_file",
+            json!({"path": "f.txt", "edits": [
+                {"old_string": "line 2\n", "new_string": "LINE TWO\n"},
+                {"old_string": "line 17\n", "new_string": "LINE SEVENTEEN\n"},
+            ]}),
+        )]),
+        tool_calls(&[(
+            "call_write",
+            "write_file",
+            json!({"path": "w.txt", "content": "the model's text\n"}),
+        )]),
+        answer("All done."),
+    ])
+    .await;
+    let fx = fixture(&llm).await;
+    let twenty: String = (1..=20).map(|i| format!("line {i}\n")).collect();
+    fx.alice.workspace.write("f.txt", twenty.clone());
+    let server = ServerProcess::start(&fx, 0).await;
+    // The "editor": replaces the model's words in the file it is given.
+    let editor = fx.dir().join("editor.sh");
+    std::fs::write(
+        &editor,
+        "#!/bin/sh\nsed -i \"s/the model's text/the user's text/\" \"$1\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&editor, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let tmux = Tmux::start(&format!(
+        "env AIRLOCK_TOKEN={} EDITOR='{}' '{}' chat --server {}; echo \"[chat exited $?]\"; sleep 600",
+        fx.alice.token,
+        editor.display(),
+        airlock_binary().display(),
+        server.api.base
+    ));
+    tmux.wait_for(&["you>"], 1).await;
+    tmux.line("Change two lines, then write w.txt");
+    tmux.wait_for(&["+LINE SEVENTEEN", "/ [h]unks / [e]dit / [v]iew >"], 1)
+        .await;
+    tmux.line("h");
+    tmux.wait_for(&["hunks to approve, of 0..1"], 1).await;
+    tmux.line("7");
+    tmux.wait_for(&["hunk ids are numbers from 0 to 1"], 1)
+        .await;
+    tmux.line("1");
+    tmux.wait_for(&["+the model's text", "/ [e]dit / [v]iew >"], 1)
+        .await;
+    assert_eq!(
+        fx.alice.workspace.read("f.txt"),
+        Some(twenty.replace("line 17\n", "LINE SEVENTEEN\n")),
+        "only hunk 1 was applied"
+    );
+    tmux.line("e");
+    tmux.wait_for(&["edited by alice", "+the user's text"], 1)
+        .await;
+    tmux.line("y");
+    tmux.wait_for(&["All done."], 1).await;
+    assert_eq!(
+        fx.alice.workspace.read("w.txt").as_deref(),
+        Some("the user's text\n")
     );
 }

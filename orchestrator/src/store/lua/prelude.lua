@@ -1,13 +1,17 @@
 -- Shared by the call scripts (create_call, transition, decide, expire_due, delete_session).
 -- KEYS[1..5]: {p}pending, {p}running, {p}runners, {p}audit, {p}audit:head; each script's own
 -- keys follow.
--- ARGV[1] = prefix, ARGV[2] = now (ms), ARGV[3] = the orchestrator instance sending it.
+-- ARGV[1] = prefix, ARGV[2] = now (ms), ARGV[3] = the orchestrator instance sending it,
+-- ARGV[4], ARGV[5] = a link for the next audit entry hashed in Rust (message, hash; '' =
+-- none), removed here so that each script's own arguments start at ARGV[4].
 -- Keys that depend on what the script reads (the session of a call, the calls of a session)
 -- are derived from the prefix here, so the schema targets one Redis, not Redis Cluster.
 local P = ARGV[1]
 local NOW = ARGV[2]
 local INSTANCE = ARGV[3]
 local NOWN = tonumber(NOW)
+local LINK_MSG = table.remove(ARGV, 4)
+local LINK_HASH = table.remove(ARGV, 4)
 local PENDING = KEYS[1]
 local RUNNING = KEYS[2]
 local RUNNERS = KEYS[3]
@@ -113,7 +117,10 @@ local function append_audit(a)
   a[#a + 1] = head[2] or GENESIS
   local parts = {'airlock-audit-v1\n'}
   for i = 1, #a do parts[#parts + 1] = #a[i] .. ':' .. a[i] .. ',' end
-  local h = sha256_hex(table.concat(parts))
+  local msg = table.concat(parts)
+  -- The link hashed in Rust, when it is this exact message (same fields, same head).
+  local h
+  if msg == LINK_MSG and #LINK_HASH == 64 then h = LINK_HASH else h = sha256_hex(msg) end
   a[#a + 1] = 'hash'
   a[#a + 1] = h
   local id = redis.call('XADD', AUDIT, '*', unpack(a))
