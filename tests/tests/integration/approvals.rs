@@ -270,3 +270,43 @@ async fn an_edited_approval_applies_the_users_version_bound_to_its_own_hash() {
         .await;
     assert_eq!(r.status, 409, "{}", r.text);
 }
+
+#[tokio::test]
+async fn an_edit_never_revives_or_extends_an_approval_window() {
+    let server = TestServer::start(ServerOptions {
+        approval_ttl_secs: 2,
+        ..ServerOptions::default()
+    })
+    .await;
+    let token = &server.alice.token;
+    let sid = server.api.session(token).await;
+    let call = server
+        .api
+        .propose_ok(
+            token,
+            &sid,
+            "write_file",
+            json!({"path": "n.txt", "content": "a\n"}),
+        )
+        .await;
+    let (id, sha) = (
+        call["id"].as_str().unwrap(),
+        call["args_sha256"].as_str().unwrap(),
+    );
+    // The window ends; whether or not the sweeper has run yet, the edit is refused.
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    let r = server
+        .api
+        .post(
+            &format!("/v1/tool-calls/{id}/edit"),
+            token,
+            json!({"args_sha256": sha, "content": "b\n"}),
+        )
+        .await;
+    assert_eq!(r.status, 409, "{}", r.text);
+    assert!(r.text.contains("expired"), "{}", r.text);
+    let after = server.api.get_call(token, id).await;
+    assert_eq!(after["args_sha256"], sha, "nothing was re-bound: {after}");
+    assert!(after["edited"].is_null(), "{after}");
+    assert_eq!(server.alice.workspace.read("n.txt"), None);
+}

@@ -147,7 +147,10 @@ local function move(id, c, to, patch, ev_kind, ev_data, audit)
     redis.call('DEL', approval_key(id))
     redis.call('ZREM', PENDING, id)
   end
-  if to == 'awaiting_approval' then
+  if to == 'awaiting_approval' and from == 'awaiting_approval' then
+    -- An edit: the new binding, under the TTL the key already has (never extended).
+    redis.call('SET', approval_key(id), redis.call('HGET', ck, 'args_sha256'), 'XX', 'KEEPTTL')
+  elseif to == 'awaiting_approval' then
     arm_approval(id, redis.call('HGET', ck, 'expires_at_ms'), redis.call('HGET', ck, 'args_sha256'))
   end
   if INFLIGHT[to] then

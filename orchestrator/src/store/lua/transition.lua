@@ -27,5 +27,14 @@ if #ARGV > j + 1 then
   audit = {}
   for i = j + 2, #ARGV do audit[#audit + 1] = ARGV[i] end
 end
+-- An owner's edit of a waiting call (awaiting_approval to itself): only while its approval
+-- key lives (Redis's clock, not ours, ends the window); the key keeps its TTL, only its hash
+-- changes. A dead key reads as expired: nothing is re-armed.
+if to == 'awaiting_approval' and c.status == 'awaiting_approval' then
+  local exp = tonumber(c.expires_at_ms or '')
+  if redis.call('EXISTS', approval_key(id)) == 0 or (not exp) or exp <= NOWN then
+    return {'conflict', 'expired'}
+  end
+end
 local eid = move(id, c, to, patch, ev_kind, ARGV[j + 1], audit)
 return reply('ok', eid, id)
