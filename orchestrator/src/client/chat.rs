@@ -320,12 +320,26 @@ struct CallInfo {
     started: Option<Instant>,
     /// Output not ended by a newline yet, per stream.
     partial: HashMap<String, String>,
-    /// Hunks in the change's preview (0: not a change).
-    hunks: usize,
+    /// The change's hunks as the [h]unks question lists them (empty: not a change).
+    hunks: Vec<String>,
 }
 
-fn hunk_count(preview: &Value) -> usize {
-    preview["hunks"].as_array().map_or(0, Vec::len)
+/// `0: @@ -1,3 +1,3 @@ (+1 −1)` for each hunk of a change's preview.
+fn hunk_labels(preview: &Value) -> Vec<String> {
+    preview["hunks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|h| {
+            format!(
+                "{}: {} (+{} −{})",
+                h["id"],
+                one_line(h["header"].as_str().unwrap_or_default()),
+                h["added"],
+                h["removed"]
+            )
+        })
+        .collect()
 }
 
 /// The marker line before edit `i`'s new text (of `n`) in the file `$EDITOR` opens.
@@ -561,7 +575,7 @@ impl Chat {
                 if let Some(c) = self.calls.get_mut(&e.call_id) {
                     c.sha = e.args_sha256;
                     c.args = e.args;
-                    c.hunks = hunk_count(&view["preview"]);
+                    c.hunks = hunk_labels(&view["preview"]);
                     view["tool"] = json!(c.tool);
                 }
                 let s = self.style;
@@ -712,7 +726,7 @@ impl Chat {
                 expires_at_ms: c.expires_at_ms,
                 started: None,
                 partial: HashMap::new(),
-                hunks: c.preview.as_ref().map_or(0, hunk_count),
+                hunks: c.preview.as_ref().map(hunk_labels).unwrap_or_default(),
             },
         );
         self.block(&out);
@@ -860,7 +874,7 @@ impl Chat {
                                 expires_at_ms: call["expires_at_ms"].as_u64(),
                                 started: None,
                                 partial: HashMap::new(),
-                                hunks: hunk_count(&call["preview"]),
+                                hunks: hunk_labels(&call["preview"]),
                             },
                         );
                         let out = render::call(self.style, &call);
@@ -923,7 +937,7 @@ impl Chat {
                     },
                     match &self.asking {
                         Some(Asking::Choice(id)) => match self.calls.get(id) {
-                            Some(c) if c.hunks > 1 => " / [h]unks / [e]dit",
+                            Some(c) if c.hunks.len() > 1 => " / [h]unks / [e]dit",
                             Some(c) if c.tool == "write_file" || c.tool == "edit_file" => {
                                 " / [e]dit"
                             }
@@ -938,7 +952,7 @@ impl Chat {
                 s.bold("reason for the agent (Enter for none) >")
             )),
             Some(Asking::Hunks(id)) => {
-                let n = self.calls.get(id).map_or(0, |c| c.hunks);
+                let n = self.calls.get(id).map_or(0, |c| c.hunks.len());
                 Some(format!(
                     "{} ",
                     s.bold(&format!(
@@ -1026,7 +1040,13 @@ impl Chat {
                     "y" | "yes" | "a" | "approve" => self.decide(&id, true, None).await,
                     "n" | "no" | "d" | "deny" => self.asking = Some(Asking::Reason(id)),
                     "s" | "session" if self.grants_allowed => self.approve_for_session(&id).await,
-                    "h" | "hunks" if self.calls.get(&id).is_some_and(|c| c.hunks > 1) => {
+                    "h" | "hunks" if self.calls.get(&id).is_some_and(|c| c.hunks.len() > 1) => {
+                        let list: String = self.calls[&id]
+                            .hunks
+                            .iter()
+                            .map(|l| format!("  {l}\n"))
+                            .collect();
+                        self.block(&s.dim(&list));
                         self.asking = Some(Asking::Hunks(id))
                     }
                     "e" | "edit"
@@ -1075,7 +1095,7 @@ impl Chat {
                     self.asking = Some(Asking::Choice(id));
                     return false;
                 }
-                let n = self.calls.get(&id).map_or(0, |c| c.hunks);
+                let n = self.calls.get(&id).map_or(0, |c| c.hunks.len());
                 let ids: Result<Vec<u32>, _> = input
                     .split(|c: char| c == ',' || c.is_whitespace())
                     .filter(|t| !t.is_empty())

@@ -325,6 +325,11 @@ impl Engine {
             .edit_pending(call_id, &patch, event, &audit)
             .await
             .map_err(|e| match e {
+                StoreError::Conflict {
+                    current: CallStatus::Expired,
+                } => EngineError::Conflict(
+                    "the approval window expired before the edit: this call can no longer be approved; let the agent propose it again".into(),
+                ),
                 StoreError::Conflict { current } => EngineError::Conflict(format!(
                     "this call was already decided: it is `{current}`"
                 )),

@@ -555,11 +555,13 @@ impl Sandbox {
     ) -> Result<CallHandle, SandboxError> {
         if spec.writable {
             // A writer is about to change this workspace: its idle read-only containers may
-            // carry a mask set the write makes stale. They leave the pool now; removing them
-            // waits until this call's own container is gone, so two `docker rm`s do not
-            // compete with the call for the host's cores (measured: approve → result).
+            // carry a mask set the write makes stale. They leave the pool now; for a file
+            // write (short) removing them waits until its own container is gone, so two
+            // `docker rm`s do not compete with it for the host's cores (measured: approve →
+            // result). A shell command may run for minutes: its discards go at once, or they
+            // would hold container slots the whole time.
             let stale = self.inner.pool.clear_workspace(&spec.workspace);
-            if !stale.is_empty() {
+            if !stale.is_empty() && spec.tool != "run_shell" {
                 let earlier = prepared.after.take();
                 prepared.after = Some(Box::new(move || {
                     drop(stale);

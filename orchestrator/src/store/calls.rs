@@ -195,9 +195,6 @@ impl Store {
         event: Option<Event>,
         audit: Option<&AuditEntry>,
     ) -> Result<(CallRecord, Option<String>), StoreError> {
-        if !valid_id(call_id) {
-            return Err(StoreError::NotFound);
-        }
         check_patch(patch)?;
         let allowed = CallStatus::predecessors(to);
         self.transition_from(call_id, &allowed, to, patch, event, audit)
@@ -395,7 +392,9 @@ impl Store {
                     .await
             })
             .await;
-        let Ok((f, head)) = read else { return };
+        let Ok((f, head)) = read else {
+            return; // no link: the script hashes in Lua
+        };
         let get = |i: usize| f.get(i).cloned().flatten().unwrap_or_default();
         let entry = AuditEntry {
             at_ms: now_ms,
@@ -410,9 +409,7 @@ impl Store {
             rule: get(4),
             detail: (!detail.is_empty()).then(|| detail.to_string()),
         };
-        let [msg, hash] = super::audit::audit_link(head, &entry.to_fields());
-        args[3] = msg;
-        args[4] = hash;
+        super::audit::put_link(args, head, &entry.to_fields());
     }
 
     /// Moves every call whose approval window ended at or before `now_ms` to `expired` (event

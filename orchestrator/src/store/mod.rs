@@ -472,7 +472,7 @@ impl Store {
     }
 
     /// Puts into `args` (from [`Store::base_args`]) the link of an audit entry with `fields`
-    /// after the head as it is now (`audit::audit_link`). The head cannot be read → no link:
+    /// after the head as it is now (`audit::put_link`). The head cannot be read → no link:
     /// the script hashes in Lua, or fails on its own terms.
     async fn link_audit(&self, args: &mut [String], fields: &[String]) {
         let head: Option<(Option<String>, Option<String>)> = self
@@ -485,9 +485,7 @@ impl Store {
             .await
             .ok();
         if let Some(head) = head {
-            let [msg, hash] = audit::audit_link(head, fields);
-            args[3] = msg;
-            args[4] = hash;
+            audit::put_link(args, head, fields);
         }
     }
 

@@ -751,6 +751,12 @@
     });
     if (grantBtn) {
       grantBtn.addEventListener('click', async () => {
+        // No grant for an approval that would be refused (no hunk ticked).
+        if (boxes.length && !boxes.some((b) => b.checked)) {
+          err.textContent = 'Tick at least one hunk to approve, or deny the call.';
+          show(err, true);
+          return;
+        }
         busy(true);
         const r = await api('POST', '/v1/sessions/' + encodeURIComponent(v.id) + '/grants',
           { tool: c.tool, pattern: grantInput.value });

@@ -1,4 +1,5 @@
--- Shared by the call scripts (create_call, transition, decide, expire_due, delete_session).
+-- Shared by the call scripts (create_call, transition, decide, expire_due, delete_session,
+-- trim_audit).
 -- KEYS[1..5]: {p}pending, {p}running, {p}runners, {p}audit, {p}audit:head; each script's own
 -- keys follow.
 -- ARGV[1] = prefix, ARGV[2] = now (ms), ARGV[3] = the orchestrator instance sending it,
