@@ -31,6 +31,7 @@ mod masks;
 mod protect;
 mod read;
 mod resolve;
+mod revert;
 mod shell;
 mod snapshot;
 mod text;
@@ -65,6 +66,10 @@ pub(crate) struct Ctx<'a> {
     pub expected_sha256: Option<&'a str>,
     pub hunks: Option<&'a [u32]>,
     pub expected_new_sha256: Option<&'a str>,
+    /// Apply mode with `keep_previous`: the byte budget for what the change replaces.
+    pub keep_previous: Option<u64>,
+    /// What the applied change replaced, sent as an `undo` event before the result.
+    pub undo: std::cell::RefCell<protocol::UndoRecord>,
 }
 
 /// Runs `req` against the workspace at `root`. `run_shell` output is passed to `sink` as
@@ -104,6 +109,8 @@ pub fn execute_with(
         expected_sha256: req.expected_sha256.as_deref(),
         hunks: req.hunks.as_deref(),
         expected_new_sha256: req.expected_new_sha256.as_deref(),
+        keep_previous: req.keep_previous.filter(|_| req.mode == Mode::Apply),
+        undo: Default::default(),
     };
     let mut run = || -> Result<ToolResult, ToolError> {
         Ok(match &req.call {
@@ -113,9 +120,15 @@ pub fn execute_with(
             ToolCall::WriteFile(a) => ToolResult::WriteFile(write::write_file(&ctx, a)?),
             ToolCall::EditFile(a) => ToolResult::EditFile(write::edit_file(&ctx, a)?),
             ToolCall::RunShell(a) => ToolResult::RunShell(shell::run_shell(&ctx, a, sink)?),
+            ToolCall::Revert(a) => ToolResult::Revert(revert::revert(&ctx, a)?),
         })
     };
-    run().map_err(|e| masked_not_found(&ctx, &req.call, e))
+    let result = run().map_err(|e| masked_not_found(&ctx, &req.call, e))?;
+    let undo = ctx.undo.take();
+    if ctx.keep_previous.is_some() && !undo.is_empty() {
+        sink(Event::Undo { undo });
+    }
+    Ok(result)
 }
 
 /// A path that leads into a masked directory finds nothing there (the mask is empty): say it
@@ -130,7 +143,7 @@ fn masked_not_found(ctx: &Ctx<'_>, call: &ToolCall, e: ToolError) -> ToolError {
         ToolCall::WriteFile(a) => a.path.as_str(),
         ToolCall::ListDir(a) => a.path.as_deref().unwrap_or(""),
         ToolCall::Search(a) => a.path.as_deref().unwrap_or(""),
-        ToolCall::RunShell(_) => return e,
+        ToolCall::RunShell(_) | ToolCall::Revert(_) => return e,
     };
     let parts: Vec<&str> = path.split('/').collect();
     for n in (1..parts.len()).rev() {

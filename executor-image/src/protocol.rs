@@ -26,6 +26,10 @@ pub enum ToolCall {
     WriteFile(WriteFileArgs),
     EditFile(EditFileArgs),
     RunShell(RunShellArgs),
+    /// Puts back what an applied call replaced (`POST /v1/tool-calls/{id}/revert`). Never
+    /// offered to a model and not accepted from a proposal: the orchestrator builds it from
+    /// the call's undo record.
+    Revert(RevertArgs),
 }
 
 impl ToolCall {
@@ -38,6 +42,7 @@ impl ToolCall {
             ToolCall::WriteFile(_) => "write_file",
             ToolCall::EditFile(_) => "edit_file",
             ToolCall::RunShell(_) => "run_shell",
+            ToolCall::Revert(_) => "revert",
         }
     }
 
@@ -45,16 +50,23 @@ impl ToolCall {
     pub fn mutates(&self) -> bool {
         matches!(
             self,
-            ToolCall::WriteFile(_) | ToolCall::EditFile(_) | ToolCall::RunShell(_)
+            ToolCall::WriteFile(_)
+                | ToolCall::EditFile(_)
+                | ToolCall::RunShell(_)
+                | ToolCall::Revert(_)
         )
     }
 
     /// Whether the tool has a preview mode (compute the diff, write nothing).
     pub fn has_preview(&self) -> bool {
-        matches!(self, ToolCall::WriteFile(_) | ToolCall::EditFile(_))
+        matches!(
+            self,
+            ToolCall::WriteFile(_) | ToolCall::EditFile(_) | ToolCall::Revert(_)
+        )
     }
 
-    /// Every tool name, in a stable order.
+    /// Every tool a model or a client may propose, in a stable order (`revert` is not one:
+    /// the revert route builds it).
     pub const NAMES: [&'static str; 6] = [
         "read_file",
         "list_dir",
@@ -85,6 +97,15 @@ impl ToolCall {
                     "invalid arguments for `{tool}`: each of `edits` must be an object"
                 ));
             }
+        }
+        let v = serde_json::json!({ "tool": tool, "args": args });
+        serde_json::from_value(v).map_err(|e| format!("invalid arguments for `{tool}`: {e}"))
+    }
+
+    /// Parses a stored call: any proposable tool, or a `revert` the orchestrator built.
+    pub fn from_record(tool: &str, args: serde_json::Value) -> Result<ToolCall, String> {
+        if tool != "revert" {
+            return Self::from_parts(tool, args);
         }
         let v = serde_json::json!({ "tool": tool, "args": args });
         serde_json::from_value(v).map_err(|e| format!("invalid arguments for `{tool}`: {e}"))
@@ -161,6 +182,63 @@ pub struct RunShellArgs {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<u64>,
 }
+
+/// `revert`: put each file back as it was before call `reverts`, provided it is still as that
+/// call left it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevertArgs {
+    /// The call whose change is reverted.
+    pub reverts: String,
+    pub files: Vec<RevertFile>,
+}
+
+/// One file of an undo record: what it is now (after the call) and what to put back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevertFile {
+    /// Canonical workspace-relative path.
+    pub path: String,
+    /// sha256 of the file as the call left it (`"absent"`: the call removed it). Anything
+    /// else at revert time is a conflict.
+    pub expected_sha256: String,
+    /// sha256 of the content to put back (`"absent"`: the call created it; revert removes it).
+    pub restore_sha256: String,
+    /// The content to put back, base64: present in an undo record and in the request the
+    /// executor gets, left out of the stored call (the approval binds `restore_sha256`, and the
+    /// executor refuses content that does not have it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_base64: Option<String>,
+    /// Permission bits to restore.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
+}
+
+/// What an applied change replaced: enough to revert it, and what could not be kept.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UndoRecord {
+    pub files: Vec<RevertFile>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_kept: Vec<NotKept>,
+}
+
+impl UndoRecord {
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty() && self.not_kept.is_empty()
+    }
+}
+
+/// A changed file whose previous content was not kept, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotKept {
+    pub path: String,
+    pub reason: String,
+}
+
+/// Most files one undo record lists (kept and not kept); beyond, one summary entry.
+pub const MAX_UNDO_FILES: usize = 1000;
 
 /// Whether a mutating tool computes its diff only, or applies it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -260,6 +338,11 @@ pub struct Request {
     pub expected_new_sha256: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub protected: Vec<ProtectedPath>,
+    /// For an applied change: keep what it replaces — the previous content of the files it
+    /// changes, up to this many bytes in all — and report it in one `undo` event before the
+    /// result. The content of protected paths is never kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_previous: Option<u64>,
     #[serde(default)]
     pub limits: ExecLimits,
     /// The masks the orchestrator mounted over the protected paths of this container. When
@@ -324,6 +407,7 @@ impl Request {
             hunks: None,
             expected_new_sha256: None,
             protected: Vec::new(),
+            keep_previous: None,
             limits: ExecLimits::default(),
             sandbox: None,
             survey: false,
@@ -354,6 +438,9 @@ pub enum Event {
     Checked { masks: u32 },
     /// The answer to a `survey` request.
     Survey { view: SandboxView },
+    /// What an applied change replaced (the request asked with `keep_previous`); just before
+    /// the `result`, only when something changed.
+    Undo { undo: UndoRecord },
 }
 
 /// Stable error codes (public contract: clients match on them).
@@ -425,6 +512,18 @@ pub enum ToolResult {
     WriteFile(ChangeResult),
     EditFile(ChangeResult),
     RunShell(RunShellResult),
+    Revert(RevertResult),
+}
+
+/// The outcome of `revert`: what it changes (preview) or changed (apply).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RevertResult {
+    pub reverts: String,
+    /// One entry per file, as the revert changes it (`created`: put back a file the call
+    /// removed; `deleted`: removed a file the call created).
+    pub changes: Vec<FileChange>,
+    /// False in preview mode.
+    pub applied: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -2,7 +2,7 @@
 //! an optional timeout, cleanup of whatever the command left running, and a change report.
 
 use crate::error::{ToolError, ToolResultOr};
-use crate::protocol::{ErrorCode, Event, RunShellArgs, RunShellResult, StreamKind};
+use crate::protocol::{ErrorCode, Event, NotKept, RunShellArgs, RunShellResult, StreamKind};
 use crate::snapshot::Snapshot;
 use crate::text::Utf8Stream;
 use crate::Ctx;
@@ -48,7 +48,8 @@ pub fn run_shell(
     let writable = fstatvfs(ctx.ws.root_fd())
         .map(|s| !s.f_flag.contains(StatVfsMountFlags::RDONLY))
         .unwrap_or(false);
-    let before = writable.then(|| Snapshot::take(ctx.ws.root_fd(), ctx.prot, ctx.limits));
+    let before =
+        writable.then(|| Snapshot::take(ctx.ws.root_fd(), ctx.prot, ctx.limits, ctx.keep_previous));
     let oom_before = oom_kills();
 
     // stdin: a pipe whose write end is closed reads as EOF, like /dev/null, without needing
@@ -170,8 +171,21 @@ pub fn run_shell(
 
     let (changes, changes_truncated) = match before {
         Some(before) => {
-            let after = Snapshot::take(ctx.ws.root_fd(), ctx.prot, ctx.limits);
+            let after = Snapshot::take(ctx.ws.root_fd(), ctx.prot, ctx.limits, None);
             let truncated = before.is_truncated() || after.is_truncated();
+            if let Some(budget) = ctx.keep_previous {
+                let mut undo = before.undo(&after, budget, &mut |path| hash_now(ctx, path));
+                if truncated {
+                    undo.not_kept.push(NotKept {
+                        path: "…".into(),
+                        reason: format!(
+                            "the workspace has more than {} entries: changes beyond them are not tracked",
+                            ctx.limits.max_snapshot_files
+                        ),
+                    });
+                }
+                *ctx.undo.borrow_mut() = undo;
+            }
             (before.changes(&after), truncated)
         }
         None => (Vec::new(), false),
@@ -185,6 +199,15 @@ pub fn run_shell(
             .zip(oom_kills())
             .map(|(b, a)| a.saturating_sub(b)),
     })
+}
+
+/// The sha256 of a file the command left, read through the resolver (bounded).
+fn hash_now(ctx: &Ctx<'_>, path: &str) -> Result<String, String> {
+    let r = ctx.ws.open_read(path).map_err(|e| e.message)?;
+    let mut file = std::fs::File::from(r.fd);
+    let data = crate::read::read_regular_file(&mut file, path, ctx.limits.max_file_bytes, "undo")
+        .map_err(|e| e.message)?;
+    Ok(crate::text::sha256_hex(&data))
 }
 
 /// How many times the OOM killer has struck in this container's memory cgroup (v2:

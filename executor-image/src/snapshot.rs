@@ -5,12 +5,21 @@
 //! bounded: at most `max_snapshot_files` entries (walked in sorted order, so a truncated snapshot
 //! is a prefix of the full one) and [`CONTENT_BUDGET`] bytes of content. Files under a no-access
 //! protected path are tracked by metadata only: a change is reported, their content never.
+//!
+//! Asked to keep previous content (an applied command whose change can be undone), the
+//! snapshot before the command also holds the bytes of regular files up to that size, within
+//! [`KEEP_BUDGET`]; [`Snapshot::undo`] turns the changed ones into an undo record.
 
 use crate::dir::{open_file_in, open_subdir, read_entries, Meta};
 use crate::protect::Protections;
-use crate::protocol::{ChangeKind, EntryKind, ExecLimits, FileChange};
+use crate::protocol::{
+    ChangeKind, EntryKind, ExecLimits, FileChange, NotKept, RevertFile, UndoRecord, ABSENT,
+    MAX_UNDO_FILES,
+};
 use crate::resolve::RelPath;
-use crate::text::{as_text, unified_diff};
+use crate::text::{as_text, sha256_hex, unified_diff};
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -19,15 +28,37 @@ use std::os::fd::{AsFd, BorrowedFd};
 pub const CONTENT_BUDGET: u64 = 16 * 1024 * 1024;
 /// Most diff bytes one change report carries; later changes are reported without a diff.
 pub const REPORT_DIFF_BUDGET: usize = 1024 * 1024;
+/// Most content bytes a snapshot holds to undo a command (diff text included).
+pub const KEEP_BUDGET: u64 = 32 * 1024 * 1024;
 /// Deepest directory level snapshotted (each level holds one fd open).
 const MAX_SNAPSHOT_DEPTH: usize = 256;
 
 #[derive(Debug)]
 struct Item {
     meta: Meta,
-    /// UTF-8 content of a small text file.
-    text: Option<String>,
+    /// The file's bytes, when read (for a diff, or kept to undo the change).
+    data: Option<Vec<u8>>,
+    /// Small enough for a diff (and counted in the diff budget).
+    diffable: bool,
     protected: bool,
+}
+
+impl Item {
+    /// UTF-8 content of a small text file.
+    fn text(&self) -> Option<&str> {
+        self.data
+            .as_deref()
+            .filter(|_| self.diffable)
+            .and_then(as_text)
+    }
+}
+
+/// A changed file between two snapshots: its path, and the entry before and after (a missing
+/// side: it did not exist).
+struct Changed<'a> {
+    path: String,
+    old: Option<&'a Item>,
+    new: Option<&'a Item>,
 }
 
 /// Entries keyed by path with `/` replaced by NUL, so byte order is the walk's (component) order.
@@ -39,11 +70,18 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub fn take(root: BorrowedFd<'_>, prot: &Protections, limits: &ExecLimits) -> Snapshot {
+    /// `keep`: also hold the bytes of regular files up to this size (within [`KEEP_BUDGET`]).
+    pub fn take(
+        root: BorrowedFd<'_>,
+        prot: &Protections,
+        limits: &ExecLimits,
+        keep: Option<u64>,
+    ) -> Snapshot {
         let mut walker = Walker {
             prot,
             limits,
             budget: CONTENT_BUDGET,
+            keep: keep.map(|k| (k, KEEP_BUDGET)),
             snap: Snapshot::default(),
         };
         walker.walk(root, &RelPath::root(), 0);
@@ -55,7 +93,7 @@ impl Snapshot {
     }
 
     /// Created / modified / deleted non-directories between `self` (before) and `after`.
-    pub fn changes(&self, after: &Snapshot) -> Vec<FileChange> {
+    fn changed<'a>(&'a self, after: &'a Snapshot) -> Vec<Changed<'a>> {
         // Only compare the part both snapshots cover.
         let limit = [self, after]
             .iter()
@@ -73,7 +111,6 @@ impl Snapshot {
         keys.sort();
         keys.dedup();
 
-        let mut budget = REPORT_DIFF_BUDGET;
         let mut out = Vec::new();
         for key in keys {
             let old = self
@@ -84,22 +121,32 @@ impl Snapshot {
                 .items
                 .get(key)
                 .filter(|i| i.meta.kind != EntryKind::Dir);
-            let (kind, old_text, new_text) = match (old, new) {
+            match (old, new) {
                 (None, None) => continue,
-                (None, Some(n)) => (ChangeKind::Created, Some(""), n.text.as_deref()),
-                (Some(o), None) => (ChangeKind::Deleted, o.text.as_deref(), Some("")),
-                (Some(o), Some(n)) => {
-                    if o.meta == n.meta && o.text == n.text {
-                        continue;
-                    }
-                    (ChangeKind::Modified, o.text.as_deref(), n.text.as_deref())
-                }
-            };
+                (Some(o), Some(n)) if o.meta == n.meta && o.text() == n.text() => continue,
+                _ => {}
+            }
             let path: Vec<u8> = key
                 .iter()
                 .map(|b| if *b == 0 { b'/' } else { *b })
                 .collect();
             let path = String::from_utf8_lossy(&path).into_owned();
+            out.push(Changed { path, old, new });
+        }
+        out
+    }
+
+    /// Created / modified / deleted non-directories between `self` (before) and `after`.
+    pub fn changes(&self, after: &Snapshot) -> Vec<FileChange> {
+        let mut budget = REPORT_DIFF_BUDGET;
+        let mut out = Vec::new();
+        for Changed { path, old, new } in self.changed(after) {
+            let (kind, old_text, new_text) = match (old, new) {
+                (None, None) => continue,
+                (None, Some(n)) => (ChangeKind::Created, Some(""), n.text()),
+                (Some(o), None) => (ChangeKind::Deleted, o.text(), Some("")),
+                (Some(o), Some(n)) => (ChangeKind::Modified, o.text(), n.text()),
+            };
             let protected = old.is_some_and(|i| i.protected) || new.is_some_and(|i| i.protected);
             let diff = match (protected, old_text, new_text) {
                 (false, Some(a), Some(b)) if a != b => Some(unified_diff(a, b, &path)),
@@ -116,12 +163,95 @@ impl Snapshot {
         }
         out
     }
+
+    /// The undo record of the change from `self` (taken with `keep`) to `after`: for each
+    /// changed regular file, its previous content (at most `budget` bytes in all) and the
+    /// sha256 it has now (`hash_now` reads the file; `None`: it cannot be read or is too large).
+    pub fn undo(
+        &self,
+        after: &Snapshot,
+        budget: u64,
+        hash_now: &mut dyn FnMut(&str) -> Result<String, String>,
+    ) -> UndoRecord {
+        let mut left = budget;
+        let mut undo = UndoRecord::default();
+        let changed = self.changed(after);
+        let total = changed.len();
+        for (n, Changed { path, old, new }) in changed.into_iter().enumerate() {
+            if n >= MAX_UNDO_FILES {
+                undo.not_kept.push(NotKept {
+                    path: "…".into(),
+                    reason: format!(
+                        "{} more changed files: at most {MAX_UNDO_FILES} are kept",
+                        total - n
+                    ),
+                });
+                break;
+            }
+            let not_kept = |reason: String| NotKept {
+                path: path.clone(),
+                reason,
+            };
+            if old.is_some_and(|i| i.protected) || new.is_some_and(|i| i.protected) {
+                undo.not_kept.push(not_kept(
+                    "a protected path: its content is never kept".into(),
+                ));
+                continue;
+            }
+            let regular = |i: Option<&Item>| i.is_none_or(|i| i.meta.kind == EntryKind::File);
+            if !regular(old) || !regular(new) {
+                undo.not_kept.push(not_kept(
+                    "not a regular file (only files' content is kept)".into(),
+                ));
+                continue;
+            }
+            let restore = match old {
+                None => None,
+                Some(o) => match &o.data {
+                    Some(d) if d.len() as u64 <= left => Some((d, o.meta.mode)),
+                    _ => {
+                        undo.not_kept.push(not_kept(format!(
+                            "its previous content ({} bytes) was over the undo limit ({budget} bytes for a call)",
+                            o.meta.size
+                        )));
+                        continue;
+                    }
+                },
+            };
+            let expected = match new {
+                None => ABSENT.to_string(),
+                Some(n) => match n.data.as_deref().filter(|d| d.len() as u64 == n.meta.size) {
+                    Some(d) => sha256_hex(d),
+                    None => match hash_now(&path) {
+                        Ok(sha) => sha,
+                        Err(reason) => {
+                            undo.not_kept.push(not_kept(reason));
+                            continue;
+                        }
+                    },
+                },
+            };
+            if let Some((d, _)) = restore {
+                left -= d.len() as u64;
+            }
+            undo.files.push(RevertFile {
+                path,
+                expected_sha256: expected,
+                restore_sha256: restore.map_or_else(|| ABSENT.to_string(), |(d, _)| sha256_hex(d)),
+                content_base64: restore.map(|(d, _)| BASE64.encode(d)),
+                mode: restore.map(|(_, m)| m & 0o7777),
+            });
+        }
+        undo
+    }
 }
 
 struct Walker<'a> {
     prot: &'a Protections,
     limits: &'a ExecLimits,
     budget: u64,
+    /// Largest file kept for undo, and the bytes left to keep.
+    keep: Option<(u64, u64)>,
     snap: Snapshot,
 }
 
@@ -141,9 +271,9 @@ impl Walker<'_> {
             }
             let child = rel.join(&entry.name);
             let protected = self.prot.is_no_access(&child);
-            let text = match entry.meta.kind {
-                EntryKind::File if !protected => self.read_text(dir, &entry.name, &entry.meta),
-                _ => None,
+            let (data, diffable) = match entry.meta.kind {
+                EntryKind::File if !protected => self.read_content(dir, &entry.name, &entry.meta),
+                _ => (None, false),
             };
             let key: Vec<u8> = child
                 .as_bytes()
@@ -154,7 +284,8 @@ impl Walker<'_> {
                 key,
                 Item {
                     meta: entry.meta,
-                    text,
+                    data,
+                    diffable,
                     protected,
                 },
             );
@@ -170,19 +301,41 @@ impl Walker<'_> {
         }
     }
 
-    fn read_text(&mut self, dir: BorrowedFd<'_>, name: &[u8], meta: &Meta) -> Option<String> {
-        if meta.size > self.limits.max_diff_file_bytes || meta.size > self.budget {
-            return None;
+    /// The file's bytes when it is small enough for a diff (text only) or to keep for undo.
+    fn read_content(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        name: &[u8],
+        meta: &Meta,
+    ) -> (Option<Vec<u8>>, bool) {
+        let for_diff = meta.size <= self.limits.max_diff_file_bytes && meta.size <= self.budget;
+        let to_keep = self
+            .keep
+            .is_some_and(|(max, left)| meta.size <= max && meta.size <= left);
+        if !for_diff && !to_keep {
+            return (None, false);
         }
-        let file = open_file_in(dir, name).ok()?;
+        let Ok(file) = open_file_in(dir, name) else {
+            return (None, false);
+        };
         let mut data = Vec::new();
-        file.take(meta.size + 1).read_to_end(&mut data).ok()?;
-        if data.len() as u64 != meta.size {
-            return None;
+        if file.take(meta.size + 1).read_to_end(&mut data).is_err()
+            || data.len() as u64 != meta.size
+        {
+            return (None, false);
         }
-        let text = as_text(&data)?.to_string();
-        self.budget -= meta.size;
-        Some(text)
+        let diffable = for_diff && as_text(&data).is_some();
+        if diffable {
+            self.budget -= meta.size;
+        }
+        if to_keep {
+            if let Some((_, left)) = &mut self.keep {
+                *left -= meta.size;
+            }
+        } else if !diffable {
+            return (None, false);
+        }
+        (Some(data), diffable)
     }
 }
 
@@ -200,7 +353,7 @@ mod tests {
             protection: Protection::NoAccess,
         }])
         .unwrap();
-        Snapshot::take(ws.root_fd(), &prot, limits)
+        Snapshot::take(ws.root_fd(), &prot, limits, None)
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub struct T {
     pub expected: Option<String>,
     pub hunks: Option<Vec<u32>>,
     pub expected_new: Option<String>,
+    pub keep: Option<u64>,
 }
 
 /// The same fresh workspace, once per resolver.
@@ -46,6 +47,7 @@ impl T {
             expected: None,
             hunks: None,
             expected_new: None,
+            keep: None,
         }
     }
 
@@ -93,6 +95,25 @@ impl T {
         self.expected = expected.map(Into::into);
     }
 
+    /// Runs an applied call that keeps previous content; returns its undo record (empty when
+    /// it sent none) and the result.
+    pub fn run_undo(
+        &mut self,
+        call: ToolCall,
+    ) -> (UndoRecord, Result<ToolResult, crate::ToolError>) {
+        self.mode = Mode::Apply;
+        self.keep.get_or_insert(1024 * 1024);
+        let (events, r) = self.run_events(call);
+        let undo = events
+            .into_iter()
+            .find_map(|e| match e {
+                Event::Undo { undo } => Some(undo),
+                _ => None,
+            })
+            .unwrap_or_default();
+        (undo, r)
+    }
+
     /// Temporary files a write left behind.
     pub fn leftovers(&self) -> Vec<String> {
         let mut out = Vec::new();
@@ -114,6 +135,7 @@ impl T {
             hunks: self.hunks.clone(),
             expected_new_sha256: self.expected_new.clone(),
             protected: self.protected.clone(),
+            keep_previous: self.keep,
             limits: self.limits.clone(),
             sandbox: None,
             survey: false,

@@ -2,20 +2,24 @@
 //! the file still has the sha256 the preview saw) replace the file atomically.
 
 use crate::error::{show, ToolError, ToolResultOr};
-use crate::protocol::{ChangeResult, Edit, EditFileArgs, ErrorCode, Mode, WriteFileArgs, ABSENT};
+use crate::protocol::{
+    ChangeResult, Edit, EditFileArgs, ErrorCode, Mode, NotKept, RevertFile, WriteFileArgs, ABSENT,
+};
 use crate::read::read_regular_file;
 use crate::resolve::WriteTarget;
 use crate::text::{as_text, binary_diff, sha256_hex, unified_diff};
 use crate::{hunks, Ctx};
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
 use rustix::fs::{fchmod, openat, renameat, unlinkat, AtFlags, Mode as FileMode, OFlags};
 use rustix::io::Errno;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 
 /// The file as it is before the change.
-struct Current {
-    data: Vec<u8>,
-    mode: u32,
+pub(crate) struct Current {
+    pub data: Vec<u8>,
+    pub mode: u32,
 }
 
 /// Writes `content` to `path`, creating the file and any missing parent directories.
@@ -84,7 +88,7 @@ fn check_size(ctx: &Ctx<'_>, shown: &str, len: usize) -> ToolResultOr<()> {
     Ok(())
 }
 
-fn read_current(
+pub(crate) fn read_current(
     ctx: &Ctx<'_>,
     target: &mut WriteTarget,
     shown: &str,
@@ -136,7 +140,7 @@ fn check_expected(ctx: &Ctx<'_>, shown: &str, current: Option<&Current>) -> Tool
 }
 
 /// The first 12 characters (a caller's `expected_sha256` may be anything: never cut inside one).
-fn short(sha: &str) -> &str {
+pub(crate) fn short(sha: &str) -> &str {
     let end = sha.char_indices().nth(12).map_or(sha.len(), |(i, _)| i);
     &sha[..end]
 }
@@ -212,7 +216,10 @@ fn finish(
         match &current {
             // Unchanged content: nothing to write (and no needless permission error).
             Some(cur) if cur.data == new => {}
-            cur => write_atomically(&mut target, shown, new, cur.as_ref().map(|c| c.mode))?,
+            cur => {
+                write_atomically(&mut target, shown, new, cur.as_ref().map(|c| c.mode))?;
+                keep_previous(ctx, &path, cur.as_ref(), &new_sha256);
+            }
         }
     }
     Ok(ChangeResult {
@@ -230,6 +237,43 @@ fn finish(
             ids
         }),
     })
+}
+
+/// Records what an applied write replaced in the call's undo record (within its budget).
+pub(crate) fn keep_previous(
+    ctx: &Ctx<'_>,
+    path: &str,
+    before: Option<&Current>,
+    after_sha256: &str,
+) {
+    let Some(budget) = ctx.keep_previous else {
+        return;
+    };
+    let mut undo = ctx.undo.borrow_mut();
+    let used: u64 = undo
+        .files
+        .iter()
+        .filter_map(|f| f.content_base64.as_ref())
+        .map(|c| c.len() as u64 * 3 / 4)
+        .sum();
+    match before {
+        Some(cur) if cur.data.len() as u64 > budget.saturating_sub(used) => {
+            undo.not_kept.push(NotKept {
+                path: path.to_string(),
+                reason: format!(
+                "its previous content ({} bytes) is over the {budget}-byte undo limit of a call",
+                cur.data.len()
+            ),
+            })
+        }
+        _ => undo.files.push(RevertFile {
+            path: path.to_string(),
+            expected_sha256: after_sha256.to_string(),
+            restore_sha256: before.map_or_else(|| ABSENT.to_string(), |c| sha256_hex(&c.data)),
+            content_base64: before.map(|c| BASE64.encode(&c.data)),
+            mode: before.map(|c| c.mode),
+        }),
+    }
 }
 
 /// Applies the edits in order; every `old_string` must occur exactly once unless `replace_all`.
@@ -298,7 +342,7 @@ fn excerpt(s: &str) -> String {
 /// reader never sees a half-written file. The target's permission bits are kept (a new file gets
 /// 0644 minus the umask). No fsync: the container is gone right after, and a host crash is out
 /// of scope for a tool call. Hard links to the old file keep the old content.
-fn write_atomically(
+pub(crate) fn write_atomically(
     target: &mut WriteTarget,
     shown: &str,
     content: &[u8],

@@ -47,6 +47,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub pool: PoolSettings,
     pub retention: RetentionConfig,
+    pub undo: UndoConfig,
     pub notify: NotifyConfig,
     pub llm: LlmConfig,
 }
@@ -68,6 +69,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             pool: PoolSettings::default(),
             retention: RetentionConfig::default(),
+            undo: UndoConfig::default(),
             notify: NotifyConfig::default(),
             llm: LlmConfig::default(),
         }
@@ -174,6 +176,33 @@ impl Default for RetentionConfig {
             audit_days: 365,
             sweep_secs: 3600,
             anchor_secs: 300,
+        }
+    }
+}
+
+/// Undo of applied calls (`POST /v1/tool-calls/{id}/revert`): what a write, an edit or a
+/// shell command replaced is kept in Redis for a while, within a budget (docs/SECURITY.md says
+/// what that stores). Protected paths' content is never kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UndoConfig {
+    /// Keep previous content at all (`false`: no call can be reverted).
+    pub enabled: bool,
+    /// How long a call stays revertible.
+    pub retention_secs: u64,
+    /// Most previous-content bytes kept for one call; larger files are listed as not kept.
+    pub max_call_bytes: u64,
+    /// Most bytes of undo records one user holds; beyond, the oldest are dropped.
+    pub max_user_bytes: u64,
+}
+
+impl Default for UndoConfig {
+    fn default() -> Self {
+        UndoConfig {
+            enabled: true,
+            retention_secs: 3 * 86_400,
+            max_call_bytes: 2 * 1024 * 1024,
+            max_user_bytes: 32 * 1024 * 1024,
         }
     }
 }
@@ -509,6 +538,13 @@ impl Config {
         }
         if l.max_args_bytes > l.max_body_bytes {
             return bad("limits.max_args_bytes cannot exceed limits.max_body_bytes".into());
+        }
+        let u = &self.undo;
+        if u.enabled && (u.retention_secs == 0 || u.max_call_bytes == 0) {
+            return bad("undo.retention_secs and undo.max_call_bytes must be at least 1 (or set undo.enabled = false)".into());
+        }
+        if u.max_call_bytes > u.max_user_bytes {
+            return bad("undo.max_call_bytes cannot exceed undo.max_user_bytes".into());
         }
         let p = &self.pool;
         if p.per_key > 0 {

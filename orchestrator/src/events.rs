@@ -150,6 +150,9 @@ pub struct CallFinished {
     /// What the container did; absent when the call failed before it ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome: Option<Outcome>,
+    /// What the applied change can be reverted to (the call record's `undo` summary).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub undo: Option<Value>,
 }
 
 /// How a call's container ended.
@@ -380,6 +383,7 @@ mod tests {
                 timed_out: true,
                 ..Default::default()
             }),
+            undo: None,
         });
         let (kind, data) = e.to_parts();
         assert_eq!(kind, "call_finished");

@@ -73,7 +73,8 @@ enum Command {
     /// Your sessions on a server (for scripts).
     #[command(subcommand)]
     Sessions(airlock::client::SessionsCmd),
-    /// Tool calls on a server: list those waiting for approval, approve or deny one.
+    /// Tool calls on a server: list those waiting for approval, approve or deny one, revert an
+    /// applied one.
     #[command(subcommand)]
     Calls(airlock::client::CallsCmd),
     /// The audit log: tail it through the API (admins), verify its hash chain, export it.

@@ -144,6 +144,10 @@ pub fn summary(rec: &CallRecord) -> String {
                 one_line(arg("path"))
             )
         }
+        "revert" => format!(
+            "revert of {}",
+            one_line(&render::target(&rec.tool, &rec.args))
+        ),
         other => format!("{other} {}", one_line(arg("path"))),
     }
 }

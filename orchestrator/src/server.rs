@@ -70,6 +70,7 @@ pub async fn build(config: &Config) -> Result<Arc<Engine>, ServerError> {
         .map_err(ServerError::PolicyAdmission)?;
     let holder = claim_instance(&store).await?;
     let engine = Engine::new(store, sandbox, policy, config.limits.clone());
+    engine.set_undo(config.undo.clone());
     engine.set_lease_holder(holder);
     if let Some(n) = crate::notify::Notifier::start(&config.notify) {
         engine.set_notifier(n);

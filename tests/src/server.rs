@@ -54,6 +54,8 @@ pub struct ServerOptions {
     /// `[pool]` per_key and max_idle; `(0, 0)` (the default): no warm pool, so the tests that
     /// count containers see only the calls' own.
     pub pool: (usize, usize),
+    /// `[undo]` retention_secs, max_call_bytes, max_user_bytes (`None`: the defaults).
+    pub undo: Option<(u64, u64, u64)>,
 }
 
 /// read_file / list_dir allowed, search denied by policy, the rest asks.
@@ -78,6 +80,7 @@ impl Default for ServerOptions {
             base_policy: None,
             max_containers: 2,
             pool: (0, 0),
+            undo: None,
         }
     }
 }
@@ -212,7 +215,7 @@ impl Fixture {
         }
         std::fs::write(&self.policy_path, policy).expect("write the policy");
         let l = &self.opts;
-        let config = format!(
+        let mut config = format!(
             "listen = \"127.0.0.1:{port}\"\n\
              data_dir = \"{data}\"\n\
              policy = \"policy.toml\"\n\
@@ -242,6 +245,11 @@ impl Fixture {
             per_key = l.pool.0,
             max_idle = l.pool.1,
         );
+        if let Some((secs, call, user)) = l.undo {
+            config += &format!(
+                "\n[undo]\nretention_secs = {secs}\nmax_call_bytes = {call}\nmax_user_bytes = {user}\n"
+            );
+        }
         std::fs::write(&self.config_path, config).expect("write the config");
     }
 

@@ -146,6 +146,18 @@ pub(super) async fn edit_call(
     Ok(Json(call_json(&rec)))
 }
 
+/// `POST /v1/tool-calls/{id}/revert`: proposes putting back what an applied call replaced, as
+/// a new call in its session that waits for approval (201); 409 naming the files that changed
+/// since, 410 when what it replaced is no longer kept.
+pub(super) async fn revert_call(
+    State(st): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(id): Path<String>,
+) -> Result<Response, AppError> {
+    let rec = st.engine.revert(&user, &id).await?;
+    Ok((StatusCode::CREATED, Json(call_json(&rec))).into_response())
+}
+
 /// `POST /v1/sessions/{id}/grants`: approve a tool + pattern for the rest of the session.
 pub(super) async fn add_grant(
     State(st): State<AppState>,

@@ -136,6 +136,7 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("GET", "/v1/tool-calls/{id}", Access::User),
     ("POST", "/v1/tool-calls/{id}/decision", Access::User),
     ("POST", "/v1/tool-calls/{id}/edit", Access::User),
+    ("POST", "/v1/tool-calls/{id}/revert", Access::User),
     ("POST", "/v1/tool-calls/{id}/cancel", Access::User),
     ("GET", "/v1/audit", Access::Admin),
     ("GET", "/v1/openapi.json", Access::User),
@@ -177,6 +178,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/tool-calls/{id}", get(get_call))
         .route("/v1/tool-calls/{id}/decision", post(decide))
         .route("/v1/tool-calls/{id}/edit", post(edit_call))
+        .route("/v1/tool-calls/{id}/revert", post(revert_call))
         .route("/v1/tool-calls/{id}/cancel", post(cancel))
         .route("/v1/audit", get(audit_entries))
         .route("/v1/openapi.json", get(openapi_json))

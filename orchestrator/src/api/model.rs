@@ -211,6 +211,12 @@ pub struct Call {
     /// The owner replaced the model's content before deciding: `{"by", "at_ms",
     /// "from_args_sha256"}`; `args` and `preview` are the edited ones.
     pub edited: Option<Value>,
+    /// For an applied change that can be undone: `{"files": [{"path", "kind"}], "not_kept":
+    /// [{"path", "reason"}], "expires_at_ms"}` — what `POST /v1/tool-calls/{id}/revert` would
+    /// put back until then (no content).
+    pub undo: Option<Value>,
+    /// The revert call that put this call's change back.
+    pub reverted_by: Option<String>,
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
 }
@@ -235,6 +241,8 @@ impl From<&CallRecord> for Call {
             error: c.error.clone(),
             outcome: c.outcome.clone(),
             edited: c.edited.clone(),
+            undo: c.undo.clone(),
+            reverted_by: c.reverted_by.clone(),
             created_at_ms: c.created_at_ms,
             updated_at_ms: c.updated_at_ms,
         }

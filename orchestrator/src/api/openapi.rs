@@ -153,6 +153,12 @@ fn describe(method: &str, path: &str, g: &mut SchemaGenerator) -> Op {
                 t!(Call),
             )
         },
+        ("POST", "/v1/tool-calls/{id}/revert") => op(
+            "Propose putting back what an applied call replaced: a new call in its session, previewed against the files as they are now, waiting for approval (409 names files changed since; 410 when what it replaced is no longer kept)",
+            201,
+            "The revert call, awaiting approval",
+            t!(Call),
+        ),
         ("POST", "/v1/tool-calls/{id}/cancel") => op(
             "Cancel a pending or running call",
             200,

@@ -89,6 +89,19 @@ pub enum CallsCmd {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Undo an applied call: proposes putting back what it replaced (files it changed get
+    /// their previous content, files it created are removed) as a new call, shows its diff,
+    /// and waits for your approval like any change. Refused, naming the files, when a file
+    /// changed since the call.
+    Revert {
+        #[command(flatten)]
+        conn: Conn,
+        /// The applied call's id (`airlock calls list --all`).
+        id: String,
+        /// Approve the revert at once, bound to the diff printed.
+        #[arg(long)]
+        approve: bool,
+    },
 }
 
 /// `airlock audit tail`: the newest audit entries through the API (admins only).
@@ -386,7 +399,40 @@ pub async fn calls_cmd(cmd: CallsCmd) -> Result<ExitCode, ClientError> {
         CallsCmd::Deny { conn, id, reason } => {
             decide(&Client::from_conn(&conn)?, &id, false, None, reason).await
         }
+        CallsCmd::Revert { conn, id, approve } => {
+            revert(&Client::from_conn(&conn)?, &id, approve).await
+        }
     }
+}
+
+async fn revert(c: &Client, id: &str, approve: bool) -> Result<ExitCode, ClientError> {
+    let id = checked_id("tool call", id)?;
+    let call = c
+        .post(&format!("/v1/tool-calls/{id}/revert"), json!({}))
+        .await?;
+    let new_id = call["id"].as_str().unwrap_or_default().to_string();
+    let sha = call["args_sha256"].as_str().unwrap_or_default().to_string();
+    if call["status"] != "awaiting_approval" {
+        print!("{}", render::call(Style::detect(), &call));
+        return Err(ClientError::new(format!(
+            "the revert of call {id} is `{}`: {}",
+            one_line(call["status"].as_str().unwrap_or("?")),
+            one_line(
+                call["reason"]
+                    .as_str()
+                    .unwrap_or("it is not waiting for approval")
+            )
+        )));
+    }
+    if approve {
+        return decide(c, &new_id, true, Some(sha), None).await;
+    }
+    print!("{}", render::call(Style::detect(), &call));
+    println!("  args_sha256 {sha}");
+    println!(
+        "the revert is call {new_id}, waiting for approval: airlock calls approve {new_id} --sha256 {sha}"
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn calls_list(

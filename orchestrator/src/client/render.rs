@@ -141,8 +141,29 @@ pub fn target(tool: &str, args: &Value) -> String {
             _ => String::new(),
         },
         "list_dir" => s("path").unwrap_or_else(|| ".".into()),
+        "revert" => revert_target(args),
         _ => s("path").unwrap_or_default(),
     }
+}
+
+/// `call ID: a.txt, b.txt` (at most three names, then how many more).
+fn revert_target(args: &Value) -> String {
+    let files: Vec<String> = args["files"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|f| f["path"].as_str().map(one_line))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut names = files.iter().take(3).cloned().collect::<Vec<_>>().join(", ");
+    if files.len() > 3 {
+        names += &format!(" and {} more", files.len() - 3);
+    }
+    format!(
+        "call {}: {names}",
+        one_line(args["reverts"].as_str().unwrap_or("?"))
+    )
 }
 
 /// A proposed call: a header line, then the diff, the full command, or the arguments.
@@ -173,6 +194,31 @@ pub fn call(style: Style, call: &Value) -> String {
             out += &format!("  {}\n", style.dim("(no change to the file)"));
         } else {
             out += &diff(style, d, "  ");
+        }
+    } else if let Some(changes) = call["preview"]["changes"].as_array() {
+        // A revert: the reverse change of each file.
+        for c in changes {
+            let path = one_line(c["path"].as_str().unwrap_or("?"));
+            match c["kind"].as_str() {
+                Some("created") => {
+                    out += &format!(
+                        "  {}
+",
+                        style.dim(&format!("(puts back {path})"))
+                    )
+                }
+                Some("deleted") => {
+                    out += &format!(
+                        "  {}
+",
+                        style.dim(&format!("(removes {path})"))
+                    )
+                }
+                _ => {}
+            }
+            if let Some(d) = c["diff"].as_str() {
+                out += &diff(style, d, "  ");
+            }
         }
     } else if tool == "run_shell" {
         let cmd = args["command"].as_str().unwrap_or_default();
@@ -291,6 +337,23 @@ pub fn finished(style: Style, data: &Value) -> String {
             }
         }
         _ => {}
+    }
+    if res["tool"] == "revert" && res["applied"] == true {
+        let n = res["changes"].as_array().map_or(0, Vec::len);
+        bits.push(format!(
+            "reverted {n} file(s) of call {}",
+            one_line(res["reverts"].as_str().unwrap_or("?"))
+        ));
+    }
+    if data["undo"]["files"]
+        .as_array()
+        .is_some_and(|f| !f.is_empty())
+        && !data["undo"]["expires_at_ms"].is_null()
+    {
+        bits.push(format!(
+            "undo: airlock calls revert {}",
+            one_line(data["call_id"].as_str().unwrap_or("?"))
+        ));
     }
     if let Some(e) = data["error"].as_object() {
         bits.push(format!(

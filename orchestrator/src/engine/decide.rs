@@ -91,7 +91,7 @@ impl Engine {
                 // the policy in force now, before anything runs. From here on the audit
                 // records that policy's hash.
                 let policy = self.policy();
-                let call = ToolCall::from_parts(&rec.tool, rec.args.clone())
+                let call = ToolCall::from_record(&rec.tool, rec.args.clone())
                     .map_err(EngineError::BadRequest)?;
                 let grants = self.grants(&rec.session_id).await?;
                 let verdict = policy.evaluate_with_grants(user, &call, &grants);
@@ -197,8 +197,8 @@ impl Engine {
             ));
         }
         let call =
-            ToolCall::from_parts(&rec.tool, rec.args.clone()).map_err(EngineError::BadRequest)?;
-        if !call.has_preview() {
+            ToolCall::from_record(&rec.tool, rec.args.clone()).map_err(EngineError::BadRequest)?;
+        if !call.has_preview() || matches!(call, ToolCall::Revert(_)) {
             return Err(EngineError::BadRequest(
                 "only write_file and edit_file changes have hunks".into(),
             ));
@@ -320,6 +320,8 @@ impl Engine {
             ("args_sha256", new_hash),
             ("preview", change.to_string()),
             ("edited", edited.to_string()),
+            // Checked in the script: an edit made meanwhile is never overwritten unseen.
+            ("expect_args_sha256", rec.args_sha256.clone()),
         ];
         self.store
             .edit_pending(call_id, &patch, event, &audit)
@@ -329,6 +331,11 @@ impl Engine {
                     current: CallStatus::Expired,
                 } => EngineError::Conflict(
                     "the approval window expired before the edit: this call can no longer be approved; let the agent propose it again".into(),
+                ),
+                StoreError::Conflict {
+                    current: CallStatus::AwaitingApproval,
+                } => EngineError::Conflict(
+                    "the change was edited meanwhile (its args_sha256 changed): refresh it and edit what it is now".into(),
                 ),
                 StoreError::Conflict { current } => EngineError::Conflict(format!(
                     "this call was already decided: it is `{current}`"

@@ -32,6 +32,7 @@ mod mcp;
 mod propose;
 mod recovery;
 mod retention;
+mod revert;
 mod run;
 mod sessions;
 pub use decide::Replacement;
@@ -106,6 +107,8 @@ pub struct Engine {
     lease: Mutex<Option<String>>,
     /// Approval notifications (webhooks), when configured.
     notifier: std::sync::OnceLock<crate::notify::Notifier>,
+    /// How undo records are kept (`[undo]`), when the server set it.
+    undo: std::sync::OnceLock<crate::config::UndoConfig>,
 }
 
 impl Engine {
@@ -131,6 +134,7 @@ impl Engine {
             stop: CancellationToken::new(),
             lease: Mutex::new(None),
             notifier: std::sync::OnceLock::new(),
+            undo: std::sync::OnceLock::new(),
         })
     }
 
@@ -205,6 +209,7 @@ impl Engine {
             result: None,
             error: Some(error),
             outcome: None,
+            undo: None,
         });
         let (rec, _) = self
             .store

@@ -85,30 +85,7 @@ impl Engine {
             }
         }
         if verdict.decision == Decision::Ask {
-            let ttl = policy
-                .approval_ttl_secs(user)
-                .unwrap_or(self.limits.approval_ttl_secs);
-            rec.expires_at_ms = Some(now + ttl * 1000);
-            // One script: a call that exists always has its approval request.
-            self.store
-                .create_call_with(
-                    &rec,
-                    vec![
-                        proposed_event(&rec),
-                        ev::Event::ApprovalRequired(ev::ApprovalRequired {
-                            call_id: rec.id.clone(),
-                            status: rec.status,
-                            args_sha256: rec.args_sha256.clone(),
-                            expires_at_ms: now + ttl * 1000,
-                        }),
-                    ],
-                )
-                .await?;
-            self.start_prepare(user, &policy, &rec, &call);
-            if let Some(n) = self.notifier.get() {
-                n.approval_required(&rec);
-            }
-            return Ok(rec);
+            return self.await_approval(user, &policy, rec, &call).await;
         }
         // Allowed without asking: run now and answer with the finished call when it is quick.
         if let Err(e) = self.store.create_call(&rec, proposed_event(&rec)).await {
@@ -128,6 +105,42 @@ impl Engine {
             let _ = tokio::time::timeout(wait, done).await;
         }
         Ok(self.store.get_call(&id).await?.unwrap_or(rec))
+    }
+
+    /// Records a call the policy asks about, with its approval request, and starts its
+    /// container while the user decides.
+    pub(super) async fn await_approval(
+        &self,
+        user: &User,
+        policy: &Policy,
+        mut rec: CallRecord,
+        call: &ToolCall,
+    ) -> Result<CallRecord, EngineError> {
+        let ttl = policy
+            .approval_ttl_secs(user)
+            .unwrap_or(self.limits.approval_ttl_secs);
+        let expires_at_ms = rec.created_at_ms + ttl * 1000;
+        rec.expires_at_ms = Some(expires_at_ms);
+        // One script: a call that exists always has its approval request.
+        self.store
+            .create_call_with(
+                &rec,
+                vec![
+                    proposed_event(&rec),
+                    ev::Event::ApprovalRequired(ev::ApprovalRequired {
+                        call_id: rec.id.clone(),
+                        status: rec.status,
+                        args_sha256: rec.args_sha256.clone(),
+                        expires_at_ms,
+                    }),
+                ],
+            )
+            .await?;
+        self.start_prepare(user, policy, &rec, call);
+        if let Some(n) = self.notifier.get() {
+            n.approval_required(&rec);
+        }
+        Ok(rec)
     }
 
     /// Runs the change in preview mode in a read-only container. The outer error is an
@@ -174,6 +187,9 @@ impl Engine {
                 Event::Result {
                     result: ToolResult::WriteFile(c) | ToolResult::EditFile(c),
                 } => return Ok(Ok(serde_json::to_value(c).expect("serializes"))),
+                Event::Result {
+                    result: ToolResult::Revert(r),
+                } => return Ok(Ok(serde_json::to_value(r).expect("serializes"))),
                 Event::Error { code, message } => {
                     return Ok(Err(json!({"code": code, "message": message})))
                 }

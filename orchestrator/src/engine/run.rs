@@ -48,6 +48,8 @@ impl Engine {
             // stable code; anything else is internal.
             let (code, msg) = match &e {
                 EngineError::Sandbox(s) => s.as_tool_error(),
+                // Only a revert whose undo record is gone fails this way here.
+                EngineError::Gone(m) => Some(("undo_unavailable".to_string(), m.clone())),
                 _ => None,
             }
             .unwrap_or_else(|| ("internal".to_string(), e.to_string()));
@@ -68,7 +70,8 @@ impl Engine {
         let _slots = self.slots(&user.name).await?;
         let policy = self.policy();
         let call =
-            ToolCall::from_parts(&rec.tool, rec.args.clone()).map_err(EngineError::BadRequest)?;
+            ToolCall::from_record(&rec.tool, rec.args.clone()).map_err(EngineError::BadRequest)?;
+        let call = self.with_revert_content(user, call).await?;
         let audit = self.audit(rec, &user.name, "started", "running");
         self.store
             .transition(
@@ -121,6 +124,13 @@ impl Engine {
             _ => call.mutates(),
         };
         let spec = self.spec(user, &policy, rec, writable);
+        let undo_cfg = self.undo_config();
+        let req = Request {
+            // What an applied change replaces is kept so its owner can revert it.
+            keep_previous: (undo_cfg.enabled && writable && call.mutates())
+                .then_some(undo_cfg.max_call_bytes),
+            ..req
+        };
         // A container prepared under another policy (other limits, runtime, image, uid:gid,
         // workspace or protected paths) is replaced: the call runs with what the policy in
         // force says.
@@ -150,6 +160,7 @@ impl Engine {
         let mut result = None;
         let mut error = None;
         let mut outcome = None;
+        let mut undo = None;
         // File tools are finished when the executor reports: their container's exit status,
         // OOM flag and removal add nothing but ~40 ms of Docker round trips, so they are left
         // to a background drain. So is a shell command the executor saw exit 0 with no OOM
@@ -188,6 +199,7 @@ impl Engine {
                     error = Some(ErrorInfo::new(code.as_str(), message))
                 }
                 SandboxEvent::Finished(o) => outcome = Some(o),
+                SandboxEvent::Executor(Event::Undo { undo: u }) => undo = Some(u),
                 SandboxEvent::Executor(Event::Checked { .. } | Event::Survey { .. }) => {}
             }
             let clean_exit = matches!(
@@ -235,6 +247,25 @@ impl Engine {
         if let Some(e) = &error {
             patch.push(("error", e.to_value().to_string()));
         }
+        // Kept even when a shell command failed: it may have changed files all the same.
+        let mut undo_summary = None;
+        if let Some(u) = undo.as_ref().filter(|u| !u.is_empty()) {
+            undo_summary = self.keep_undo(rec, u).await;
+            if let Some(summary) = &undo_summary {
+                patch.push(("undo", summary.to_string()));
+            }
+        }
+        if let (ToolCall::Revert(a), CallStatus::Succeeded) = (&call, status) {
+            // The reverted call's record is used up (a second revert cannot replay it), and it
+            // says so before anyone sees the revert succeed.
+            if let Err(e) = self
+                .store
+                .mark_reverted(&a.reverts, &rec.owner, &rec.id)
+                .await
+            {
+                tracing::warn!(call_id = %a.reverts, error = %e, "could not mark the call reverted");
+            }
+        }
         let mut audit = self.audit(rec, "system", "finished", status.as_str());
         audit.detail = Some(format!(
             "{masks} masks over protected paths; {} workspace",
@@ -251,6 +282,7 @@ impl Engine {
                     result,
                     error,
                     outcome: Some(outcome),
+                    undo: undo_summary,
                 })),
                 Some(&audit),
             )

@@ -372,17 +372,65 @@ fn call_path(call: &ToolCall) -> Option<&str> {
         ToolCall::EditFile(a) => Some(&a.path),
         ToolCall::ListDir(a) => Some(a.path.as_deref().unwrap_or(".")),
         ToolCall::Search(a) => Some(a.path.as_deref().unwrap_or(".")),
-        ToolCall::RunShell(_) => None,
+        ToolCall::RunShell(_) | ToolCall::Revert(_) => None,
     }
+}
+
+/// A revert writes (or removes) each of its files: it is judged as a `write_file` of every
+/// one, strictest wins, without session grants; and it always shows its reverse diff first
+/// (an `allow` asks), so nobody's undo applies unseen.
+fn evaluate_revert(eff: &Effective, files: &[String]) -> Verdict {
+    let mut worst: Option<Verdict> = None;
+    let mut details = Vec::new();
+    for path in files {
+        let call = ToolCall::WriteFile(airlock_executor::protocol::WriteFileArgs {
+            path: path.clone(),
+            content: String::new(),
+        });
+        let v = evaluate(eff, &call, &[]);
+        details.extend(v.details.iter().cloned());
+        let rank = |d: Decision| match d {
+            Decision::Deny => 2,
+            Decision::Ask => 1,
+            Decision::Allow => 0,
+        };
+        if worst
+            .as_ref()
+            .is_none_or(|w| rank(v.decision) > rank(w.decision))
+        {
+            worst = Some(v);
+        }
+    }
+    let mut v = worst.unwrap_or_else(|| {
+        verdict(
+            Judged::built_in(Decision::Deny, "a revert with no files"),
+            vec![],
+        )
+    });
+    if v.decision == Decision::Allow {
+        v.decision = Decision::Ask;
+        v.rule = format!(
+            "built-in: a revert is always shown first ({} allows the writes)",
+            v.rule
+        );
+    }
+    v.write = false;
+    v.details = details;
+    v
 }
 
 /// Evaluates `call` for a user whose settings are `eff`, with the session's `grants`.
 pub fn evaluate(eff: &Effective, call: &ToolCall, grants: &[Grant]) -> Verdict {
-    let tool = ToolName::parse(call.name()).expect("every tool has a name");
+    if let ToolCall::Revert(a) = call {
+        let paths: Vec<String> = a.files.iter().map(|f| f.path.clone()).collect();
+        return evaluate_revert(eff, &paths);
+    }
+    let tool = ToolName::parse(call.name()).expect("every proposable tool has a name");
     let j = match call {
         ToolCall::RunShell(a) => {
             return evaluate_shell(eff, &a.command, a.cwd.as_deref(), grants);
         }
+        ToolCall::Revert(_) => unreachable!("judged above"),
         _ => {
             let raw = call_path(call).unwrap_or(".");
             let Some(path) = normalize(raw) else {

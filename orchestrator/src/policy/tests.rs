@@ -206,6 +206,45 @@ fn evaluation_table() {
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
 }
 
+/// A revert is judged as a write of each of its files: the strictest wins, and what the
+/// policy would allow still asks (its reverse diff is always shown first).
+#[test]
+fn a_revert_is_judged_as_writes_of_its_files_and_always_asks() {
+    let p = layered();
+    let revert = |paths: &[&str]| {
+        ToolCall::from_record(
+            "revert",
+            json!({"reverts": "c", "files": paths.iter().map(|p| json!({
+                "path": p, "expected_sha256": "absent", "restore_sha256": "absent"
+            })).collect::<Vec<_>>()}),
+        )
+        .unwrap()
+    };
+    assert!(
+        ToolCall::from_parts("revert", json!({"reverts": "c", "files": []})).is_err(),
+        "a revert is never proposed directly"
+    );
+    let alice = p.user("alice").unwrap();
+    let carol = p.user("carol").unwrap();
+    // alice's group allows writes: the revert still asks.
+    let v = p.evaluate(alice, &revert(&["src/a.rs"]));
+    assert_eq!(v.decision, Decision::Ask, "{v:?}");
+    assert!(
+        v.rule.contains("always shown first") && v.rule.contains("groups.dev.tools.write_file"),
+        "{v:?}"
+    );
+    // One denied path denies the whole revert.
+    let v = p.evaluate(alice, &revert(&["src/a.rs", "docs/.env"]));
+    assert_eq!(
+        (v.decision, v.rule.as_str()),
+        (Decision::Deny, "defaults.rules[0]")
+    );
+    assert_eq!(v.details.len(), 2, "{v:?}");
+    // Leaving the workspace is denied like any write.
+    let v = p.evaluate(carol, &revert(&["../x"]));
+    assert_eq!(v.decision, Decision::Deny, "{v:?}");
+}
+
 #[test]
 fn rule_reasons_and_details_explain_the_decision() {
     let p = layered();

@@ -808,7 +808,11 @@ impl Prepared {
             tx,
             cancel: cancel.clone(),
             deadline: started + self.profile.timeout(),
-            cap: self.profile.output_bytes,
+            // An undo record (base64, with its JSON) is not the command's output: room for it.
+            cap: self.profile.output_bytes
+                + request
+                    .keep_previous
+                    .map_or(0, |k| k / 3 * 4 + UNDO_RECORD_OVERHEAD),
             started,
             permit,
             writer,
@@ -853,6 +857,9 @@ impl Prepared {
 
 /// The caller's side of a running call. Dropping it (or [`CallHandle::cancel`]) kills the
 /// container; it is removed in every case.
+/// Room in the output cap for an undo record's paths, hashes and JSON beyond its content.
+const UNDO_RECORD_OVERHEAD: u64 = 512 * 1024;
+
 pub struct CallHandle {
     events: mpsc::Receiver<SandboxEvent>,
     cancel: CancellationToken,

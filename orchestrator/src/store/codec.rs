@@ -50,6 +50,11 @@ pub struct CallRecord {
     /// "from_args_sha256"}` (the hash of the model's own proposal). `args`, `args_sha256` and
     /// `preview` are then the edited ones.
     pub edited: Option<serde_json::Value>,
+    /// An applied call's undo summary, without content: `{"files": [{path, kind}],
+    /// "not_kept": [{path, reason}], "expires_at_ms"}` (the content is in `{p}undo:{id}`).
+    pub undo: Option<serde_json::Value>,
+    /// The revert call that put this call's change back.
+    pub reverted_by: Option<String>,
 }
 
 /// One event of a session's stream. `id` is the stream entry id (`<ms>-<seq>`), increasing.
@@ -185,7 +190,7 @@ pub(super) fn parse_u64(field: &str, v: &str) -> Result<u64, StoreError> {
 }
 
 /// Fields a `transition` patch may set, and how their values are checked.
-const PATCH_JSON: &[&str] = &["preview", "result", "error", "outcome"];
+const PATCH_JSON: &[&str] = &["preview", "result", "error", "outcome", "undo"];
 const PATCH_U64: &[&str] = &["expires_at_ms", "decided_at_ms"];
 const PATCH_TEXT: &[&str] = &["expected_sha256", "decided_by", "reason"];
 
@@ -212,14 +217,24 @@ pub(super) fn check_patch(patch: &[(&str, String)]) -> Result<(), StoreError> {
 pub(super) fn check_edit_patch(patch: &[(&str, String)]) -> Result<(), StoreError> {
     let mut keys: Vec<&str> = patch.iter().map(|(k, _)| *k).collect();
     keys.sort_unstable();
-    if keys != ["args", "args_sha256", "edited", "preview"] {
+    if keys
+        != [
+            "args",
+            "args_sha256",
+            "edited",
+            "expect_args_sha256",
+            "preview",
+        ]
+    {
         return Err(StoreError::Invalid(
-            "an edit sets exactly args, args_sha256, preview and edited".into(),
+            "an edit sets exactly args, args_sha256, preview and edited, and names the args_sha256 it replaces (expect_args_sha256)".into(),
         ));
     }
     for (k, v) in patch {
         let ok = match *k {
-            "args_sha256" => v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()),
+            "args_sha256" | "expect_args_sha256" => {
+                v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit())
+            }
             _ => serde_json::from_str::<serde_json::Value>(v).is_ok_and(|j| j.is_object()),
         };
         if !ok {
@@ -277,6 +292,8 @@ impl CallRecord {
             outcome: None,
             approved_change: None,
             edited: None,
+            undo: None,
+            reverted_by: None,
         }
     }
 
@@ -315,6 +332,8 @@ impl CallRecord {
             self.approved_change.as_ref().map(|v| v.to_string()),
         );
         opt("edited", self.edited.as_ref().map(|v| v.to_string()));
+        opt("undo", self.undo.as_ref().map(|v| v.to_string()));
+        opt("reverted_by", self.reverted_by.clone());
         f
     }
 
@@ -362,6 +381,8 @@ impl CallRecord {
             outcome: json("outcome")?,
             approved_change: json("approved_change")?,
             edited: json("edited")?,
+            undo: json("undo")?,
+            reverted_by: m.get("reverted_by").cloned(),
         })
     }
 

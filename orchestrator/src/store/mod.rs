@@ -87,6 +87,7 @@ mod mcp;
 pub mod probe;
 mod sessions;
 mod stream;
+mod undo;
 pub use audit::{
     chain_hash, ChainPoint, ChainProblem, ChainReport, ChainedEntry, TrimReport, GENESIS_HASH,
 };
@@ -97,6 +98,7 @@ pub use leases::{
     holder_is_dead_here, host_name, lease_holder, Claim, INSTANCE_LEASE, INSTANCE_RENEW,
 };
 pub use stream::MAX_BLOCK;
+pub use undo::StoredUndo;
 
 /// The default key prefix.
 pub const DEFAULT_PREFIX: &str = "airlock:";
@@ -730,7 +732,7 @@ mod tests {
     }
 
     #[test]
-    fn an_edit_sets_exactly_its_four_well_formed_fields() {
+    fn an_edit_sets_exactly_its_four_well_formed_fields_and_names_what_it_replaces() {
         use super::codec::check_edit_patch;
         let sha = "a".repeat(64);
         let good = |sha: &str| {
@@ -739,6 +741,7 @@ mod tests {
                 ("args_sha256", sha.to_string()),
                 ("preview", "{\"diff\":\"\"}".to_string()),
                 ("edited", "{\"by\":\"alice\"}".to_string()),
+                ("expect_args_sha256", "b".repeat(64)),
             ]
         };
         assert!(check_edit_patch(&good(&sha)).is_ok());
@@ -746,7 +749,8 @@ mod tests {
         let mut more = good(&sha);
         more.push(("status", "approved".into()));
         assert!(check_edit_patch(&more).is_err());
-        assert!(check_edit_patch(&good(&sha)[..3]).is_err());
+        assert!(check_edit_patch(&good(&sha)[..4]).is_err());
+        assert!(check_edit_patch(&good(&sha)[1..]).is_err());
         let mut bad = good(&sha);
         bad[0].1 = "[1]".into();
         assert!(check_edit_patch(&bad).is_err());

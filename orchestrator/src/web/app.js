@@ -466,6 +466,16 @@
         setStatus(c, d.status);
         hideActions(c);
         finished(c, d);
+        const res = d.result || {};
+        if (res.tool === 'revert' && res.applied) {
+          // The reverted call's change is undone: its Undo is used up.
+          const orig = v.calls.get(res.reverts);
+          if (orig && orig.undoRow) {
+            orig.undoRow.replaceWith(el('div', 'line muted', 'reverted by call ' + shortId(d.call_id)));
+            orig.undoRow = null;
+          }
+        }
+        if (d.undo) showUndo(v, c, d.undo);
         break;
       }
       case 'call_cancelled': {
@@ -591,6 +601,11 @@
     const a = d.args || {};
     if (d.tool === 'run_shell') return '';
     if (d.tool === 'search') return a.pattern + (a.path ? ' in ' + a.path : '');
+    if (d.tool === 'revert') {
+      const names = (a.files || []).map((f) => f.path);
+      return 'call ' + shortId(String(a.reverts || '')) + ': ' + names.slice(0, 3).join(', ') +
+        (names.length > 3 ? ' and ' + (names.length - 3) + ' more' : '');
+    }
     if (a.path !== undefined) return a.path;
     return '';
   }
@@ -603,6 +618,16 @@
       if (d.preview.created) wrap.appendChild(el('div', 'muted', 'creates a new file'));
       const diff = d.preview.diff;
       wrap.appendChild(diff ? renderDiff(diff) : el('div', 'muted', 'no change to the file'));
+      return wrap;
+    }
+    if (d.preview && Array.isArray(d.preview.changes)) {
+      // A revert: the reverse change of each file the call changed.
+      const wrap = el('div', 'change');
+      for (const ch of d.preview.changes) {
+        if (ch.kind === 'created') wrap.appendChild(el('div', 'muted', 'puts back ' + clean(ch.path)));
+        if (ch.kind === 'deleted') wrap.appendChild(el('div', 'muted', 'removes ' + clean(ch.path)));
+        if (ch.diff) wrap.appendChild(renderDiff(ch.diff));
+      }
       return wrap;
     }
     if (d.tool === 'run_shell') {
@@ -816,6 +841,42 @@
     });
   }
 
+  // Undo on an applied change: proposes the reverse change as a new call (its diff then
+  // waits for approval like any other); what could not be kept is said here.
+  function showUndo(v, c, undo) {
+    const files = Array.isArray(undo.files) ? undo.files : [];
+    const notKept = Array.isArray(undo.not_kept) ? undo.not_kept : [];
+    const row = el('div', 'undo-row');
+    if (files.length && undo.expires_at_ms) {
+      const btn = el('button', 'ghost undo', 'Undo');
+      btn.type = 'button';
+      btn.title = 'Propose putting back: ' + files.map((f) => f.path).join(', ');
+      row.appendChild(btn);
+      const err = el('span', 'line error hidden');
+      btn.addEventListener('click', async () => {
+        btn.disabled = true;
+        const r = await api('POST', '/v1/tool-calls/' + encodeURIComponent(c.id) + '/revert', {});
+        if (r.status !== 201) {
+          btn.disabled = false;
+          err.textContent = clean('Not reverted: ' + errText(r));
+          show(err, true);
+          return;
+        }
+        // The revert arrives as a new call through the session's events.
+        btn.textContent = 'Undo proposed';
+      });
+      row.appendChild(el('span', 'muted small', files.length + ' file(s) can be put back'));
+      row.appendChild(err);
+    }
+    for (const n of notKept) {
+      row.appendChild(el('div', 'muted small', 'cannot undo ' + clean(n.path) + ': ' + clean(n.reason)));
+    }
+    if (!row.childNodes.length) return;
+    if (c.undoRow) c.undoRow.replaceWith(row);
+    else c.result.appendChild(row);
+    c.undoRow = row;
+  }
+
   function tickExpiry() {
     const now = Date.now();
     for (const e of document.querySelectorAll('.expires')) {
@@ -873,6 +934,9 @@
         case 'write_file':
         case 'edit_file':
           bits.unshift(res.applied ? (res.created ? 'created ' : 'changed ') + res.path : 'not applied');
+          break;
+        case 'revert':
+          bits.unshift(res.applied ? 'reverted ' + (res.changes || []).length + ' file(s) of call ' + shortId(res.reverts) : 'not applied');
           break;
         case 'run_shell':
           bits.unshift(res.signal ? 'killed by signal ' + res.signal : 'exit code ' + res.exit_code);

@@ -484,6 +484,40 @@ async fn terminal_chat_approves_an_edit_denies_a_command_resumes_and_cancels() {
         fx.alice.workspace.read("cli.txt").as_deref(),
         Some("from the cli\n")
     );
+    // Undo it from the terminal: the revert's diff is shown and approved, bound to it; the
+    // file the write created is removed; a second revert is refused.
+    let (code, out) = cli(
+        &token,
+        &[
+            "calls",
+            "revert",
+            call_id,
+            "--approve",
+            "--server",
+            server_url,
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("removes cli.txt")
+            && out.contains("-from the cli")
+            && out.contains("approved"),
+        "{out}"
+    );
+    airlock_tests::wait_until("the revert removes cli.txt", WAIT, || async {
+        if fx.alice.workspace.exists("cli.txt") {
+            Err("cli.txt is still there".to_string())
+        } else {
+            Ok(())
+        }
+    })
+    .await;
+    let (code, out) = cli(
+        &token,
+        &["calls", "revert", call_id, "--server", server_url],
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("reverted already"), "{out}");
     let call2 = api
         .propose_ok(&token, &sid, "run_shell", json!({"command": "make deploy"}))
         .await;
@@ -521,8 +555,10 @@ async fn terminal_chat_approves_an_edit_denies_a_command_resumes_and_cancels() {
         ],
     );
     assert_eq!(code, 0, "{out}");
-    assert_eq!(out.matches("succeeded").count(), 5, "{out}");
+    // Five of the model's and the API's calls, and the revert.
+    assert_eq!(out.matches("succeeded").count(), 6, "{out}");
     assert_eq!(out.matches("denied").count(), 2, "{out}");
+    assert!(out.contains("revert      succeeded"), "{out}");
 
     // The audit log: admins only.
     let (code, out) = cli(&token, &["audit", "tail", "--server", server_url]);
@@ -1179,7 +1215,8 @@ async fn a_notification_link_opens_its_call_after_sign_in_on_a_phone_sized_scree
 }
 
 #[tokio::test]
-async fn on_a_phone_one_hunk_is_approved_and_an_edited_change_is_applied_from_the_web_ui() {
+async fn on_a_phone_one_hunk_is_approved_an_edited_change_is_applied_and_undo_reverts_from_the_web_ui(
+) {
     require("chromium");
     require("chromedriver");
     let llm = MockLlm::start(vec![]).await;
@@ -1278,6 +1315,46 @@ async fn on_a_phone_one_hunk_is_approved_and_an_edited_change_is_applied_from_th
         fx.alice.workspace.read("w.txt").as_deref(),
         Some("the user's text\n")
     );
+
+    // Undo the one-hunk edit: the revert arrives as a new card with the reverse diff, is
+    // approved there, and the file is as it was; the edit's card says it was reverted.
+    let card = format!(".callcard[data-call-id=\"{hid}\"]");
+    click(&b, &format!("{card} button.undo")).await;
+    let revert = ".callcard[data-tool=\"revert\"]";
+    wait_js(
+        &b,
+        "the revert's card with its reverse diff, waiting for approval",
+        &format!(
+            "const c = document.querySelector('{revert}'); \
+             return !!c && c.innerText.includes('-LINE SEVENTEEN') && c.innerText.includes('+line 17') \
+               && !!c.querySelector('button.approve');"
+        ),
+    )
+    .await;
+    shot(&b, "web-phone-undo.png").await;
+    let rid = js(
+        &b,
+        &format!("return document.querySelector('{revert}').dataset.callId;"),
+    )
+    .await
+    .as_str()
+    .unwrap()
+    .to_string();
+    click(&b, &format!("{revert} button.approve")).await;
+    server
+        .api
+        .wait_status(&token, &rid, &["succeeded"], Duration::from_secs(30))
+        .await;
+    assert_eq!(fx.alice.workspace.read("f.txt"), Some(twenty));
+    wait_js(
+        &b,
+        "the edit's card marked reverted, its Undo gone",
+        &format!(
+            "const c = document.querySelector('{card}'); \
+             return !!c && c.innerText.includes('reverted by call') && !c.querySelector('button.undo');"
+        ),
+    )
+    .await;
 }
 
 #[tokio::test]

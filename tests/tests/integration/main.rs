@@ -20,3 +20,4 @@ mod posture;
 mod protected;
 mod store;
 mod tools;
+mod undo;

@@ -135,6 +135,7 @@ fn moved(id: &str, to: CallStatus) -> Event {
             result: None,
             error: None,
             outcome: None,
+            undo: None,
         }),
         _ => Event::Approved(ev::CallDecided {
             call_id: id.to_string(),
@@ -1711,4 +1712,62 @@ async fn a_new_call_and_its_approval_request_are_one_write() {
         Err(StoreError::Invalid(_))
     ));
     assert!(store.get_call(&other.id).await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_racing_edits_of_one_version_exactly_one_lands() {
+    let server = RedisServer::start();
+    let a = open_store(&server).await;
+    let b = open_store(&server).await;
+    for i in 0..30 {
+        let (_, c) = pending_call(&a, "alice", 60_000).await;
+        let edit = |store: Store, who: char| {
+            let c = c.clone();
+            tokio::spawn(async move {
+                let new = who.to_string().repeat(64);
+                let patch = [
+                    (
+                        "args",
+                        json!({"path": "notes.txt", "content": who.to_string()}).to_string(),
+                    ),
+                    ("args_sha256", new.clone()),
+                    ("preview", json!({"diff": ""}).to_string()),
+                    ("edited", json!({"by": "alice"}).to_string()),
+                    ("expect_args_sha256", c.args_sha256.clone()),
+                ];
+                let event = Event::CallEdited(ev::CallEdited {
+                    call_id: c.id.clone(),
+                    status: CallStatus::AwaitingApproval,
+                    args: json!({}),
+                    args_sha256: new,
+                    preview: None,
+                    edited_by: "alice".into(),
+                    from_args_sha256: c.args_sha256.clone(),
+                });
+                let audit = AuditEntry::for_call(&c, "alice", "edited", "awaiting_approval", None);
+                store.edit_pending(&c.id, &patch, event, &audit).await
+            })
+        };
+        let (ra, rb) = (edit(a.clone(), 'a'), edit(b.clone(), 'b'));
+        let (ra, rb) = (ra.await.unwrap(), rb.await.unwrap());
+        assert!(
+            ra.is_ok() ^ rb.is_ok(),
+            "iteration {i}: exactly one edit lands: {ra:?} / {rb:?}"
+        );
+        let lost = if ra.is_ok() { rb } else { ra };
+        assert!(
+            matches!(
+                lost,
+                Err(airlock::store::StoreError::Conflict {
+                    current: CallStatus::AwaitingApproval
+                })
+            ),
+            "iteration {i}: {lost:?}"
+        );
+        let now = a.get_call(&c.id).await.unwrap().unwrap();
+        assert!(
+            now.args_sha256 == "a".repeat(64) || now.args_sha256 == "b".repeat(64),
+            "{now:?}"
+        );
+    }
 }

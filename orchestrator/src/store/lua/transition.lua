@@ -35,6 +35,16 @@ if to == 'awaiting_approval' and c.status == 'awaiting_approval' then
   if redis.call('EXISTS', approval_key(id)) == 0 or (not exp) or exp <= NOWN then
     return {'conflict', 'expired'}
   end
+  -- The edit replaces the version its author saw: another edit in between is a conflict
+  -- (reported as still awaiting approval), never overwritten unseen.
+  for i = 1, #patch, 2 do
+    if patch[i] == 'expect_args_sha256' then
+      if patch[i + 1] ~= c.args_sha256 then return {'conflict', 'awaiting_approval'} end
+      table.remove(patch, i)
+      table.remove(patch, i)
+      break
+    end
+  end
 end
 local eid = move(id, c, to, patch, ev_kind, ARGV[j + 1], audit)
 return reply('ok', eid, id)
