@@ -3,7 +3,8 @@
 # for the sandbox image, redis-server for state, runsc for gVisor; with --tests also what the
 # tests need: tmux, chromium and chromium-driver with a font for screenshots for the client
 # tests, haproxy for the compose socket-proxy test, schemathesis from PyPI for the API contract
-# test, the MCP Python SDK 2.x and 1.x in venvs for the MCP tests), makes sure the Docker engine answers, and
+# test, the MCP Python SDK 2.x and 1.x in venvs for the MCP tests, and the Debian packages the
+# `dev` toolchain image is made of), makes sure the Docker engine answers, and
 # registers runsc with it. Idempotent; installing needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +13,9 @@ export DEBIAN_FRONTEND=noninteractive
 packages=(busybox-static redis-server runsc)
 if [ "${1:-}" = --tests ]; then
   packages+=(tmux chromium chromium-driver fonts-dejavu-core haproxy)
+  # What `airlock image build --profile dev` copies into the toolchain image (its tests use it).
+  packages+=(dash bash coreutils findutils grep sed diffutils tar gzip procps make gcc libc6-dev
+    binutils git python3 python3-pip python3-venv python3-pytest curl ca-certificates)
 fi
 missing=()
 for pkg in "${packages[@]}"; do

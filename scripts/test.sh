@@ -13,7 +13,8 @@ bash scripts/fuzz.sh --ci
 echo "==> building the static executor"
 cargo rustc -q --release -p airlock-executor --bin airlock-executor --target "$triple" \
   -- -C target-feature=+crt-static
-echo "==> building the sandbox image"
+echo "==> building the sandbox images (each is kept when its inputs did not change)"
 cargo run -q -p airlock -- image build --executor "target/$triple/release/airlock-executor"
+cargo run -q -p airlock -- image build --profile dev --executor "target/$triple/release/airlock-executor"
 echo "==> running the tests"
 cargo test --workspace --no-fail-fast "$@"

@@ -123,12 +123,14 @@ pub fn execute_with(
             ToolCall::Revert(a) => ToolResult::Revert(revert::revert(&ctx, a)?),
         })
     };
-    let result = run().map_err(|e| masked_not_found(&ctx, &req.call, e))?;
+    let result = run().map_err(|e| masked_not_found(&ctx, &req.call, e));
+    // Also after a failure: what changed before it (a revert's first files, a shell command
+    // that timed out) stays revertible.
     let undo = ctx.undo.take();
     if ctx.keep_previous.is_some() && !undo.is_empty() {
         sink(Event::Undo { undo });
     }
-    Ok(result)
+    result
 }
 
 /// A path that leads into a masked directory finds nothing there (the mask is empty): say it

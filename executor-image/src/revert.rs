@@ -39,12 +39,19 @@ pub fn revert(ctx: &Ctx<'_>, args: &RevertArgs) -> ToolResultOr<RevertResult> {
     }
     let mut plans = Vec::new();
     let mut conflicts = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
     for f in &args.files {
         let shown = f.path.as_str();
         let mut target = ctx.ws.resolve_write(shown, true)?;
         // A path protected now is refused, whatever it was when the call ran.
         ctx.prot.check_write(&target.rel, shown)?;
         let path = target.rel.display();
+        if !seen.insert(path.clone()) {
+            return Err(ToolError::invalid(format!(
+                "revert lists {} twice",
+                show(&path)
+            )));
+        }
         if let Err(e) = target.check_kind() {
             conflicts.push(format!("{} ({})", show(&path), e.message));
             continue;
@@ -54,6 +61,11 @@ pub fn revert(ctx: &Ctx<'_>, args: &RevertArgs) -> ToolResultOr<RevertResult> {
             .as_ref()
             .map_or_else(|| ABSENT.to_string(), |c| sha256_hex(&c.data));
         let expected = f.expected_sha256.trim().to_ascii_lowercase();
+        let restore_sha = f.restore_sha256.trim().to_ascii_lowercase();
+        if now != expected && now == restore_sha {
+            // Already as it will be (a retry after a partial revert): nothing to do here.
+            continue;
+        }
         if now != expected {
             conflicts.push(format!(
                 "{} ({})",
@@ -96,7 +108,8 @@ pub fn revert(ctx: &Ctx<'_>, args: &RevertArgs) -> ToolResultOr<RevertResult> {
             path,
             current,
             restore,
-            mode: f.mode.map(|m| m & 0o7777),
+            // Permission bits only: never setuid, setgid or sticky from a record.
+            mode: f.mode.map(|m| m & 0o777),
         });
     }
     if !conflicts.is_empty() {
@@ -120,7 +133,17 @@ pub fn revert(ctx: &Ctx<'_>, args: &RevertArgs) -> ToolResultOr<RevertResult> {
         for mut plan in plans {
             let shown = plan.path.clone();
             match &plan.restore {
-                Some(data) if plan.current.as_ref().is_some_and(|c| &c.data == data) => {}
+                Some(data) if plan.current.as_ref().is_some_and(|c| &c.data == data) => {
+                    // Same content: only the permission bits may differ.
+                    if let (Some(mode), Some(cur), Some(file)) =
+                        (plan.mode, &plan.current, plan.target.existing.as_ref())
+                    {
+                        if cur.mode != mode {
+                            rustix::fs::fchmod(file, rustix::fs::Mode::from_raw_mode(mode))
+                                .map_err(|e| ToolError::from_errno(e, &shown))?;
+                        }
+                    }
+                }
                 Some(data) => {
                     let mode = plan.mode.or(plan.current.as_ref().map(|c| c.mode));
                     write_atomically(&mut plan.target, &shown, data, mode)?;
@@ -312,6 +335,35 @@ mod tests {
         assert_eq!(std::fs::read(t.path("bin")).unwrap(), b"\0\x01\x02");
         assert_eq!(t.read("gone.txt"), "keep me\n");
         assert!(!t.path("made").exists());
+    }
+
+    #[test]
+    fn a_file_already_put_back_is_done_and_a_path_listed_twice_is_refused() {
+        let mut t = T::new(crate::Strategy::Auto);
+        t.write("a.txt", "a\n");
+        t.write("b.txt", "b\n");
+        let (undo, r) = t.run_undo(ToolCall::RunShell(RunShellArgs {
+            command: "echo A > a.txt; echo B > b.txt; chmod 600 b.txt".into(),
+            cwd: None,
+            timeout_secs: None,
+        }));
+        r.unwrap();
+        // a.txt was put back by hand (or by a revert that failed half-way): not a conflict.
+        t.write("a.txt", "a\n");
+        let (_, r) = t.run_undo(revert_of("c", &undo));
+        r.unwrap();
+        assert_eq!(t.read("b.txt"), "b\n");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(t.path("b.txt"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_ne!(mode, 0o600, "the permission bits are put back too");
+        let mut twice = undo.clone();
+        twice.files.push(undo.files[0].clone());
+        let e = reverted(&mut t, revert_of("c", &twice)).unwrap_err();
+        assert!(e.message.contains("twice"), "{}", e.message);
     }
 
     #[test]

@@ -144,6 +144,27 @@ pub fn run_shell(
     }
     reap_orphans();
 
+    // What the command changed, and (asked to keep it) what it replaced — also when it timed
+    // out or its status was lost: the files changed all the same.
+    let snapshots = before.map(|before| {
+        let after = Snapshot::take(ctx.ws.root_fd(), ctx.prot, ctx.limits, None);
+        let truncated = before.is_truncated() || after.is_truncated();
+        if let Some(budget) = ctx.keep_previous {
+            let mut undo = before.undo(&after, budget, &mut |path| hash_now(ctx, path));
+            if truncated {
+                undo.not_kept.push(NotKept {
+                    path: "…".into(),
+                    reason: format!(
+                        "the workspace has more than {} entries: changes beyond them are not tracked",
+                        ctx.limits.max_snapshot_files
+                    ),
+                });
+            }
+            *ctx.undo.borrow_mut() = undo;
+        }
+        (before, after, truncated)
+    });
+
     if timed_out {
         return Err(ToolError::new(
             ErrorCode::Timeout,
@@ -169,25 +190,8 @@ pub fn run_shell(
         }
     };
 
-    let (changes, changes_truncated) = match before {
-        Some(before) => {
-            let after = Snapshot::take(ctx.ws.root_fd(), ctx.prot, ctx.limits, None);
-            let truncated = before.is_truncated() || after.is_truncated();
-            if let Some(budget) = ctx.keep_previous {
-                let mut undo = before.undo(&after, budget, &mut |path| hash_now(ctx, path));
-                if truncated {
-                    undo.not_kept.push(NotKept {
-                        path: "…".into(),
-                        reason: format!(
-                            "the workspace has more than {} entries: changes beyond them are not tracked",
-                            ctx.limits.max_snapshot_files
-                        ),
-                    });
-                }
-                *ctx.undo.borrow_mut() = undo;
-            }
-            (before.changes(&after), truncated)
-        }
+    let (changes, changes_truncated) = match snapshots {
+        Some((before, after, truncated)) => (before.changes(&after), truncated),
         None => (Vec::new(), false),
     };
     Ok(RunShellResult {

@@ -8,7 +8,8 @@
 //!
 //! Asked to keep previous content (an applied command whose change can be undone), the
 //! snapshot before the command also holds the bytes of regular files up to that size, within
-//! [`KEEP_BUDGET`]; [`Snapshot::undo`] turns the changed ones into an undo record.
+//! [`KEEP_BUDGET_FACTOR`] times it; [`Snapshot::undo`] turns the changed ones into an undo
+//! record.
 
 use crate::dir::{open_file_in, open_subdir, read_entries, Meta};
 use crate::protect::Protections;
@@ -28,8 +29,11 @@ use std::os::fd::{AsFd, BorrowedFd};
 pub const CONTENT_BUDGET: u64 = 16 * 1024 * 1024;
 /// Most diff bytes one change report carries; later changes are reported without a diff.
 pub const REPORT_DIFF_BUDGET: usize = 1024 * 1024;
-/// Most content bytes a snapshot holds to undo a command (diff text included).
-pub const KEEP_BUDGET: u64 = 32 * 1024 * 1024;
+/// Most content bytes a snapshot holds to undo a command, besides the diff budget: this many
+/// times the per-call undo limit, at most [`KEEP_BUDGET_MAX`] (it counts against the call's
+/// memory limit).
+pub const KEEP_BUDGET_FACTOR: u64 = 8;
+pub const KEEP_BUDGET_MAX: u64 = 32 * 1024 * 1024;
 /// Deepest directory level snapshotted (each level holds one fd open).
 const MAX_SNAPSHOT_DEPTH: usize = 256;
 
@@ -57,6 +61,8 @@ impl Item {
 /// side: it did not exist).
 struct Changed<'a> {
     path: String,
+    /// The name is not UTF-8 (`path` is a lossy rendering of it).
+    lossy: bool,
     old: Option<&'a Item>,
     new: Option<&'a Item>,
 }
@@ -81,7 +87,7 @@ impl Snapshot {
             prot,
             limits,
             budget: CONTENT_BUDGET,
-            keep: keep.map(|k| (k, KEEP_BUDGET)),
+            keep: keep.map(|k| (k, k.saturating_mul(KEEP_BUDGET_FACTOR).min(KEEP_BUDGET_MAX))),
             snap: Snapshot::default(),
         };
         walker.walk(root, &RelPath::root(), 0);
@@ -130,8 +136,14 @@ impl Snapshot {
                 .iter()
                 .map(|b| if *b == 0 { b'/' } else { *b })
                 .collect();
+            let lossy = std::str::from_utf8(&path).is_err();
             let path = String::from_utf8_lossy(&path).into_owned();
-            out.push(Changed { path, old, new });
+            out.push(Changed {
+                path,
+                lossy,
+                old,
+                new,
+            });
         }
         out
     }
@@ -140,7 +152,7 @@ impl Snapshot {
     pub fn changes(&self, after: &Snapshot) -> Vec<FileChange> {
         let mut budget = REPORT_DIFF_BUDGET;
         let mut out = Vec::new();
-        for Changed { path, old, new } in self.changed(after) {
+        for Changed { path, old, new, .. } in self.changed(after) {
             let (kind, old_text, new_text) = match (old, new) {
                 (None, None) => continue,
                 (None, Some(n)) => (ChangeKind::Created, Some(""), n.text()),
@@ -177,7 +189,13 @@ impl Snapshot {
         let mut undo = UndoRecord::default();
         let changed = self.changed(after);
         let total = changed.len();
-        for (n, Changed { path, old, new }) in changed.into_iter().enumerate() {
+        for (n, c) in changed.into_iter().enumerate() {
+            let Changed {
+                path,
+                lossy,
+                old,
+                new,
+            } = c;
             if n >= MAX_UNDO_FILES {
                 undo.not_kept.push(NotKept {
                     path: "…".into(),
@@ -196,6 +214,11 @@ impl Snapshot {
                 undo.not_kept.push(not_kept(
                     "a protected path: its content is never kept".into(),
                 ));
+                continue;
+            }
+            if lossy {
+                // Putting it back would create another name.
+                undo.not_kept.push(not_kept("its name is not UTF-8".into()));
                 continue;
             }
             let regular = |i: Option<&Item>| i.is_none_or(|i| i.meta.kind == EntryKind::File);
@@ -239,7 +262,7 @@ impl Snapshot {
                 expected_sha256: expected,
                 restore_sha256: restore.map_or_else(|| ABSENT.to_string(), |(d, _)| sha256_hex(d)),
                 content_base64: restore.map(|(d, _)| BASE64.encode(d)),
-                mode: restore.map(|(_, m)| m & 0o7777),
+                mode: restore.map(|(_, m)| m & 0o777),
             });
         }
         undo

@@ -271,7 +271,7 @@ pub(crate) fn keep_previous(
             expected_sha256: after_sha256.to_string(),
             restore_sha256: before.map_or_else(|| ABSENT.to_string(), |c| sha256_hex(&c.data)),
             content_base64: before.map(|c| BASE64.encode(&c.data)),
-            mode: before.map(|c| c.mode),
+            mode: before.map(|c| c.mode & 0o777),
         }),
     }
 }

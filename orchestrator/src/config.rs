@@ -543,8 +543,12 @@ impl Config {
         if u.enabled && (u.retention_secs == 0 || u.max_call_bytes == 0) {
             return bad("undo.retention_secs and undo.max_call_bytes must be at least 1 (or set undo.enabled = false)".into());
         }
-        if u.max_call_bytes > u.max_user_bytes {
-            return bad("undo.max_call_bytes cannot exceed undo.max_user_bytes".into());
+        // The user's budget counts stored records (base64: 4/3 of the content, and JSON).
+        if u.max_user_bytes < u.max_call_bytes.saturating_mul(2) {
+            return bad("undo.max_user_bytes must be at least twice undo.max_call_bytes (records are stored base64, about 4/3 of the content)".into());
+        }
+        if u.max_call_bytes > 64 * 1024 * 1024 {
+            return bad("undo.max_call_bytes is at most 64 MiB (the executor holds a call's previous content in memory)".into());
         }
         let p = &self.pool;
         if p.per_key > 0 {

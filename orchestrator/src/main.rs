@@ -115,8 +115,17 @@ enum ImageCmd {
         /// and python) gives richer tool containers where a registry exists.
         #[arg(long, default_value = "scratch")]
         base: String,
-        #[arg(long, default_value = image::DEFAULT_TAG)]
-        tag: String,
+        /// `minimal` (busybox) or `dev`: a toolchain from this host's Debian packages — git,
+        /// python3 with pip, venv and pytest, bash, coreutils, findutils, grep, sed, diff,
+        /// make, gcc, curl (apt-get install them first; the error names what is missing).
+        /// Name the image in the policy (`image = "airlock-executor:dev"`) for whoever
+        /// needs it. An image with the same inputs (executor, packages and their versions)
+        /// is kept, not rebuilt.
+        #[arg(long, value_enum, default_value_t = image::ImageProfile::Minimal)]
+        profile: image::ImageProfile,
+        /// Default: airlock-executor:latest, or airlock-executor:dev with `--profile dev`.
+        #[arg(long)]
+        tag: Option<String>,
     },
 }
 
@@ -289,8 +298,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             executor,
             busybox,
             base,
+            profile,
             tag,
-        }) => cli::sandbox::image_build(cli.docker, executor, busybox, base, tag).await,
+        }) => {
+            let tag = tag.unwrap_or_else(|| {
+                match profile {
+                    image::ImageProfile::Minimal => image::DEFAULT_TAG,
+                    image::ImageProfile::Dev => image::DEV_TAG,
+                }
+                .to_string()
+            });
+            cli::sandbox::image_build(cli.docker, executor, busybox, base, profile, tag).await
+        }
         Command::Sandbox(SandboxCmd::Run(args)) => {
             cli::sandbox::sandbox_run(cli.docker, *args).await
         }

@@ -25,7 +25,7 @@ use crate::calls::Decision;
 use crate::config::line_col;
 use crate::limits::{bounds, Profile, Runtime};
 
-pub use eval::{evaluate, strictness, Effective, Grant, Verdict};
+pub use eval::{evaluate, normalize, strictness, Effective, Grant, Verdict};
 pub use file::{PolicyFile, Role, ToolName};
 
 /// A user of the server, resolved from the policy.
@@ -341,6 +341,23 @@ impl Policy {
             .chain([&self.defaults])
             .filter_map(|e| e.profile.image.clone())
             .collect()
+    }
+
+    /// Which users' calls run in each image (`default_image` where the policy names none).
+    pub fn image_users(&self, default_image: &str) -> BTreeMap<String, Vec<String>> {
+        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (name, e) in &self.effective {
+            let image = e
+                .profile
+                .image
+                .clone()
+                .unwrap_or_else(|| default_image.to_string());
+            out.entry(image).or_default().push(name.clone());
+        }
+        for users in out.values_mut() {
+            users.sort();
+        }
+        out
     }
 
     /// Every runtime some user's calls use.

@@ -22,6 +22,7 @@ pub async fn image_build(
     executor: PathBuf,
     busybox: PathBuf,
     base: String,
+    profile: image::ImageProfile,
     tag: String,
 ) -> anyhow::Result<ExitCode> {
     let docker = connect_docker(docker.as_deref()).await?;
@@ -30,7 +31,13 @@ pub async fn image_build(
         busybox,
         base,
         tag: tag.clone(),
+        profile,
     };
+    if profile == image::ImageProfile::Dev {
+        eprintln!(
+            "  making the dev root filesystem from this host's Debian packages (a few hundred MB)…"
+        );
+    }
     let id = image::build_image(&docker, &opts, |line| eprintln!("  {line}")).await?;
     eprintln!("built {tag}");
     println!("{id}");

@@ -175,8 +175,16 @@ pub(super) async fn check_image(
     if let Some(p) = policy {
         images.extend(p.images().into_iter().filter(|i| *i != config.docker.image));
     }
+    let users = policy
+        .map(|p| p.image_users(&config.docker.image))
+        .unwrap_or_default();
     let mut main_ok = false;
     for (i, image) in images.iter().enumerate() {
+        let used_by = match users.get(image) {
+            Some(u) => format!("; used by {}", u.join(", ")),
+            None if policy.is_some() => "; used by no user".to_string(),
+            None => String::new(),
+        };
         match docker.image(image).await {
             Ok(Some(img)) => {
                 let id = img.id;
@@ -192,9 +200,13 @@ pub(super) async fn check_image(
                             .get("io.airlock.executor-version")
                             .map(|v| format!(", built by airlock {v}"))
                             .unwrap_or_default();
+                        let profile = labels
+                            .get("io.airlock.profile")
+                            .map(|p| format!(", profile {p}"))
+                            .unwrap_or_default();
                         report.ok(
                             IMAGE,
-                            format!("{image}: present ({short}), executor protocol {v}{built_by}"),
+                            format!("{image}: present ({short}), executor protocol {v}{built_by}{profile}{used_by}"),
                         );
                         if i == 0 {
                             main_ok = true;

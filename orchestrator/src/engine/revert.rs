@@ -21,6 +21,11 @@ impl Engine {
     /// content) for its record, or `None` when nothing was kept.
     pub(super) async fn keep_undo(&self, rec: &CallRecord, undo: &UndoRecord) -> Option<Value> {
         let cfg = self.undo_config();
+        // It comes out of the container: stored only when it is within what was asked.
+        if let Err(why) = check_undo(undo, cfg.max_call_bytes) {
+            tracing::warn!(call_id = %rec.id, problem = %why, "an undo record out of bounds was dropped");
+            return None;
+        }
         let mut expires_at_ms = None;
         if !undo.files.is_empty() {
             let ttl_ms = cfg.retention_secs.saturating_mul(1000);
@@ -205,6 +210,44 @@ impl Engine {
 }
 
 use super::propose::proposed_event;
+
+/// An undo record as the executor makes it: at most `MAX_UNDO_FILES` files (and one summary
+/// entry more not kept), each path canonical and listed once, content within the per-call
+/// limit, hashes that look like hashes.
+fn check_undo(undo: &UndoRecord, max_call_bytes: u64) -> Result<(), String> {
+    use airlock_executor::protocol::{ABSENT, MAX_UNDO_FILES};
+    if undo.files.len() > MAX_UNDO_FILES || undo.not_kept.len() > MAX_UNDO_FILES + 1 {
+        return Err("too many files".into());
+    }
+    let hash = |h: &str| h == ABSENT || (h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+    let mut seen = std::collections::HashSet::new();
+    let mut content = 0u64;
+    for f in &undo.files {
+        let canonical = crate::policy::normalize(&f.path).is_some_and(|n| n == f.path && n != ".");
+        if !canonical || !seen.insert(f.path.as_str()) {
+            return Err(format!(
+                "path {:?} is not canonical or listed twice",
+                f.path
+            ));
+        }
+        if !hash(&f.expected_sha256) || !hash(&f.restore_sha256) {
+            return Err(format!("{}: malformed hash", f.path));
+        }
+        if (f.restore_sha256 == ABSENT) != f.content_base64.is_none() {
+            return Err(format!("{}: content and restore_sha256 disagree", f.path));
+        }
+        content += f
+            .content_base64
+            .as_ref()
+            .map_or(0, |c| c.len() as u64 / 4 * 3);
+    }
+    if content > max_call_bytes {
+        return Err(format!(
+            "{content} content bytes, over the {max_call_bytes}-byte limit"
+        ));
+    }
+    Ok(())
+}
 
 fn not_kept_text(summary: &Value) -> String {
     let items: Vec<String> = summary

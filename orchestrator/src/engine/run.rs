@@ -199,7 +199,14 @@ impl Engine {
                     error = Some(ErrorInfo::new(code.as_str(), message))
                 }
                 SandboxEvent::Finished(o) => outcome = Some(o),
-                SandboxEvent::Executor(Event::Undo { undo: u }) => undo = Some(u),
+                // Only what this request asked for: a record from a call that keeps none is a
+                // forgery (a command can write to the executor's stdout) and is dropped.
+                SandboxEvent::Executor(Event::Undo { undo: u }) if req.keep_previous.is_some() => {
+                    undo = Some(u)
+                }
+                SandboxEvent::Executor(Event::Undo { .. }) => {
+                    tracing::warn!(call_id = %rec.id, "an undo record nobody asked for was dropped");
+                }
                 SandboxEvent::Executor(Event::Checked { .. } | Event::Survey { .. }) => {}
             }
             let clean_exit = matches!(

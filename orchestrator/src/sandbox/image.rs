@@ -12,6 +12,20 @@ use super::SandboxError;
 
 /// The tag `airlock image build` gives the image and the server uses by default.
 pub const DEFAULT_TAG: &str = "airlock-executor:latest";
+/// The tag of `airlock image build --profile dev`.
+pub const DEV_TAG: &str = "airlock-executor:dev";
+
+/// What the image holds besides the executor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ImageProfile {
+    /// A static busybox (`FROM scratch`), or the `--base` image's own tools.
+    #[default]
+    Minimal,
+    /// A development toolchain from this host's Debian packages (`FROM scratch`): git,
+    /// python3 with pip, venv and pytest, bash, coreutils, findutils, grep, sed, diff, make,
+    /// gcc, curl (see `sandbox::toolchain::DEV_PACKAGES`).
+    Dev,
+}
 /// The Dockerfile, kept in `executor-image/` and embedded so the binary builds it anywhere.
 pub const DOCKERFILE: &str = include_str!("../../../executor-image/Dockerfile");
 /// The sandbox user's default ids (the Dockerfile's `USER`).
@@ -42,6 +56,7 @@ pub struct BuildOptions {
     /// Base image: `scratch` (default) or e.g. a Debian image where a registry exists.
     pub base: String,
     pub tag: String,
+    pub profile: ImageProfile,
 }
 
 impl Default for BuildOptions {
@@ -51,8 +66,28 @@ impl Default for BuildOptions {
             busybox: PathBuf::from("/bin/busybox"),
             base: "scratch".into(),
             tag: DEFAULT_TAG.into(),
+            profile: ImageProfile::Minimal,
         }
     }
+}
+
+/// The sandbox user's `/etc/passwd` and `/etc/group` (home `/tmp`, the only writable place
+/// besides the workspace).
+fn sandbox_accounts() -> (String, String) {
+    (
+        format!(
+            "root:x:0:0:root:/root:/bin/sh\nsandbox:x:{SANDBOX_UID}:{SANDBOX_UID}:airlock sandbox:/tmp:/bin/sh\n"
+        ),
+        format!("root:x:0:\nsandbox:x:{SANDBOX_UID}:\n"),
+    )
+}
+
+/// A build context and the sha256 of everything it was made from (the executor, the
+/// Dockerfile, the profile and, for `dev`, each package's version): an image labelled with the
+/// same hash needs no rebuild.
+pub struct Context {
+    pub tar: Vec<u8>,
+    pub inputs_sha256: String,
 }
 
 /// True when the ELF file has no program interpreter (it is statically linked).
@@ -175,17 +210,32 @@ fn append_symlink(
 }
 
 /// Makes the build context (an in-memory tar) for `opts`.
-pub fn build_context(opts: &BuildOptions) -> Result<Vec<u8>, SandboxError> {
+pub fn build_context(opts: &BuildOptions) -> Result<Context, SandboxError> {
     let how = format!("Build it with: {}", executor_build_command());
     let executor = read_static_binary(&opts.executor, "executor binary", &how)?;
     let scratch = opts.base == "scratch";
+    if opts.profile == ImageProfile::Dev && !scratch {
+        return Err(SandboxError::Build(
+            "--profile dev is made FROM scratch from this host's Debian packages; --base is for the minimal profile (a base image with its own tools)".into(),
+        ));
+    }
+    let mut inputs = sha2::Sha256::new();
+    use sha2::Digest;
+    inputs.update(sha2::Sha256::digest(&executor));
+    inputs.update(DOCKERFILE.as_bytes());
+    inputs.update(format!("{:?}\n{}\n", opts.profile, opts.base));
     let mut tar = tar::Builder::new(Vec::new());
     let io = |e: std::io::Error| SandboxError::Build(format!("cannot make the build context: {e}"));
     append_file(&mut tar, "Dockerfile", DOCKERFILE.as_bytes(), 0o644).map_err(io)?;
     append_dir(&mut tar, "executor", 0o755).map_err(io)?;
     append_file(&mut tar, "executor/airlock-executor", &executor, 0o755).map_err(io)?;
     append_dir(&mut tar, "base-rootfs", 0o755).map_err(io)?;
-    if scratch {
+    if opts.profile == ImageProfile::Dev {
+        let (passwd, group) = sandbox_accounts();
+        let packages =
+            super::toolchain::write_dev_rootfs(&mut tar, "base-rootfs", &passwd, &group)?;
+        inputs.update(super::toolchain::inputs_sha256(&packages));
+    } else if scratch {
         let busybox = read_static_binary(
             &opts.busybox,
             "busybox binary",
@@ -204,15 +254,26 @@ pub fn build_context(opts: &BuildOptions) -> Result<Vec<u8>, SandboxError> {
             append_symlink(&mut tar, &format!("base-rootfs/bin/{applet}"), "busybox")
                 .map_err(io)?;
         }
-        let passwd = format!(
-            "root:x:0:0:root:/root:/bin/sh\nsandbox:x:{SANDBOX_UID}:{SANDBOX_UID}:airlock sandbox:/tmp:/bin/sh\n"
-        );
-        let group = format!("root:x:0:\nsandbox:x:{SANDBOX_UID}:\n");
+        let (passwd, group) = sandbox_accounts();
         append_file(&mut tar, "base-rootfs/etc/passwd", passwd.as_bytes(), 0o644).map_err(io)?;
         append_file(&mut tar, "base-rootfs/etc/group", group.as_bytes(), 0o644).map_err(io)?;
     }
-    tar.into_inner().map_err(io)
+    let busybox_hash = if scratch && opts.profile == ImageProfile::Minimal {
+        std::fs::read(&opts.busybox)
+            .map(|b| hex::encode(sha2::Sha256::digest(b)))
+            .unwrap_or_default()
+    } else {
+        String::new()
+    };
+    inputs.update(busybox_hash);
+    Ok(Context {
+        tar: tar.into_inner().map_err(io)?,
+        inputs_sha256: hex::encode(inputs.finalize()),
+    })
 }
+
+/// The label holding [`Context::inputs_sha256`].
+pub const INPUTS_LABEL: &str = "io.airlock.inputs";
 
 /// Builds and tags the image through the engine's API; returns its ID. `progress` receives
 /// the builder's output lines.
@@ -222,12 +283,31 @@ pub async fn build_image(
     mut progress: impl FnMut(&str),
 ) -> Result<String, SandboxError> {
     let context = build_context(opts)?;
+    // Rebuilding the same inputs gives the same image: keep the one there is.
+    if let Ok(img) = docker.inspect_image(&opts.tag).await {
+        let labels = img.config.and_then(|c| c.labels).unwrap_or_default();
+        if labels.get(INPUTS_LABEL) == Some(&context.inputs_sha256) {
+            progress(&format!(
+                "{} is up to date (inputs {})",
+                opts.tag,
+                &context.inputs_sha256[..12]
+            ));
+            return img
+                .id
+                .ok_or_else(|| SandboxError::Build("the engine reported no image ID".into()));
+        }
+    }
     let mut args = HashMap::new();
     args.insert("BASE".to_string(), opts.base.clone());
     let mut labels = HashMap::new();
     labels.insert(
         "io.airlock.executor-version".to_string(),
         env!("CARGO_PKG_VERSION").to_string(),
+    );
+    labels.insert(INPUTS_LABEL.to_string(), context.inputs_sha256.clone());
+    labels.insert(
+        "io.airlock.profile".to_string(),
+        format!("{:?}", opts.profile).to_lowercase(),
     );
     let options = BuildImageOptionsBuilder::default()
         .dockerfile("Dockerfile")
@@ -237,7 +317,8 @@ pub async fn build_image(
         .buildargs(&args)
         .labels(&labels)
         .build();
-    let mut stream = docker.build_image(options, None, Some(bollard::body_full(context.into())));
+    let mut stream =
+        docker.build_image(options, None, Some(bollard::body_full(context.tar.into())));
     while let Some(item) = stream.next().await {
         let info = item.map_err(|e| SandboxError::Build(e.to_string()))?;
         if let Some(detail) = info.error_detail {

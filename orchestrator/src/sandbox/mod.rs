@@ -7,6 +7,7 @@ pub mod engine;
 pub mod image;
 pub mod pool;
 pub mod profile;
+pub mod toolchain;
 mod views;
 
 use std::collections::HashMap;
@@ -808,11 +809,10 @@ impl Prepared {
             tx,
             cancel: cancel.clone(),
             deadline: started + self.profile.timeout(),
-            // An undo record (base64, with its JSON) is not the command's output: room for it.
-            cap: self.profile.output_bytes
-                + request
-                    .keep_previous
-                    .map_or(0, |k| k / 3 * 4 + UNDO_RECORD_OVERHEAD),
+            cap: self.profile.output_bytes,
+            // An undo record (base64, with its JSON) is not the command's output: it has its
+            // own allowance, only when the request asked for one.
+            undo_cap: request.keep_previous.map_or(0, undo_allowance),
             started,
             permit,
             writer,
@@ -857,9 +857,6 @@ impl Prepared {
 
 /// The caller's side of a running call. Dropping it (or [`CallHandle::cancel`]) kills the
 /// container; it is removed in every case.
-/// Room in the output cap for an undo record's paths, hashes and JSON beyond its content.
-const UNDO_RECORD_OVERHEAD: u64 = 512 * 1024;
-
 pub struct CallHandle {
     events: mpsc::Receiver<SandboxEvent>,
     cancel: CancellationToken,
@@ -945,6 +942,7 @@ struct Driver {
     cancel: CancellationToken,
     deadline: Instant,
     cap: u64,
+    undo_cap: u64,
     started: Instant,
     permit: Option<OwnedSemaphorePermit>,
     /// Held by a writable call until its container is gone.
@@ -955,9 +953,23 @@ struct Driver {
 /// Bytes of stderr kept for diagnostics.
 const STDERR_TAIL: usize = 4096;
 
+/// Bytes an undo record of `keep` content bytes may take on the wire: its base64 content,
+/// and up to [`MAX_UNDO_FILES`] entries of paths, hashes and reasons.
+fn undo_allowance(keep: u64) -> u64 {
+    const PER_FILE: u64 = 2 * 4096 + 512;
+    keep.div_ceil(3) * 4 + airlock_executor::protocol::MAX_UNDO_FILES as u64 * PER_FILE
+}
+
+/// How every `undo` event line starts (serde writes the tag first).
+const UNDO_LINE: &[u8] = br#"{"event":"undo""#;
+
 #[derive(Default)]
 struct ReadState {
     total: u64,
+    /// Bytes counted against the output cap: stderr and every stdout line but undo records.
+    output: u64,
+    /// Bytes of undo records, counted against their own allowance.
+    undo: u64,
     line: Vec<u8>,
     stderr: Vec<u8>,
     protocol_error: Option<String>,
@@ -979,6 +991,7 @@ impl Driver {
             cancel,
             deadline,
             cap,
+            undo_cap,
             started,
             permit,
             writer,
@@ -986,7 +999,7 @@ impl Driver {
         } = self;
         let mut st = ReadState::default();
         let end = {
-            let read = read_events(&mut output, &tx, cap, &mut st);
+            let read = read_events(&mut output, &tx, (cap, undo_cap), &mut st);
             tokio::select! {
                 end = read => end,
                 _ = tokio::time::sleep_until(deadline.into()) => End::Timeout,
@@ -1080,7 +1093,7 @@ async fn wait_exit(docker: &Docker, id: &str) -> Option<i64> {
 async fn read_events(
     output: &mut OutputStream,
     tx: &mpsc::Sender<SandboxEvent>,
-    cap: u64,
+    (cap, undo_cap): (u64, u64),
     st: &mut ReadState,
 ) -> End {
     while let Some(item) = output.next().await {
@@ -1091,10 +1104,11 @@ async fn read_events(
             Err(e) => return End::StreamError(format!("attach stream failed: {e}")),
         };
         st.total += bytes.len() as u64;
-        if st.total > cap {
-            return End::CapExceeded;
-        }
         if !is_stdout {
+            st.output += bytes.len() as u64;
+            if st.output > cap {
+                return End::CapExceeded;
+            }
             st.stderr.extend_from_slice(&bytes);
             if st.stderr.len() > STDERR_TAIL {
                 let cut = st.stderr.len() - STDERR_TAIL;
@@ -1106,6 +1120,18 @@ async fn read_events(
         while let Some(pos) = st.line.iter().position(|b| *b == b'\n') {
             let rest = st.line.split_off(pos + 1);
             let line = std::mem::replace(&mut st.line, rest);
+            // Checked before the line is passed on: nothing over a cap reaches the caller.
+            if line.starts_with(UNDO_LINE) {
+                st.undo += line.len() as u64;
+                if st.undo > undo_cap {
+                    return End::CapExceeded;
+                }
+            } else {
+                st.output += line.len() as u64;
+                if st.output > cap {
+                    return End::CapExceeded;
+                }
+            }
             let line = &line[..line.len() - 1];
             if line.is_empty() {
                 continue;
@@ -1135,6 +1161,15 @@ async fn read_events(
                     }
                 }
             }
+        }
+        // The line still arriving counts where it will belong.
+        let pending = st.line.len() as u64;
+        let undo_so_far = st.line.len() >= UNDO_LINE.len() && st.line.starts_with(UNDO_LINE)
+            || UNDO_LINE.starts_with(&st.line);
+        if undo_so_far && st.undo + pending > undo_cap.max(UNDO_LINE.len() as u64)
+            || !undo_so_far && st.output + pending > cap
+        {
+            return End::CapExceeded;
         }
     }
     End::Eof

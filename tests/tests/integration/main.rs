@@ -19,5 +19,6 @@ mod pool;
 mod posture;
 mod protected;
 mod store;
+mod toolchain;
 mod tools;
 mod undo;

@@ -242,22 +242,66 @@ async fn a_shell_change_to_two_files_is_reverted_and_a_later_change_is_a_conflic
         vec![0u8, 1, 2, 255]
     );
     assert!(ws.exists("sub/.env"), "what was not kept is not touched");
+
+    // Deleting the session takes what its calls replaced with it.
+    server
+        .api
+        .call("DELETE", &format!("/v1/sessions/{sid}"), Some(token), None)
+        .await
+        .expect(204);
+    let left: Vec<String> = redis::cmd("KEYS")
+        .arg("airlock-test:undo:*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(left, Vec::<String>::new());
+    server.finish().await;
+}
+
+#[tokio::test]
+async fn a_command_cannot_forge_an_undo_record() {
+    let server = TestServer::start(ServerOptions::default().tool("run_shell", "allow")).await;
+    let token = &server.alice.token;
+    let sid = server.api.session(token).await;
+    // The executor is PID 1 of the container and the command runs as the same user, but the
+    // executor is not dumpable: its stdout (the event stream) cannot be opened through /proc.
+    // (Were it reachable, an allowed command keeps no undo record, and the engine drops one it
+    // did not ask for.)
+    let forged = r#"{"event":"undo","undo":{"files":[{"path":"evil.txt","expected_sha256":"absent","restore_sha256":"c2e0a2ea2e3d27c3a2ee0ecbb25d0e4fc3b7a4e0e8bcb5a47d2ba3a11c3f7d5e","content_base64":"ZXZpbAo="}]}}"#;
+    let call = server
+        .api
+        .propose_ok(
+            token,
+            &sid,
+            "run_shell",
+            json!({"command": format!("printf '%s\\n' '{forged}' > /proc/1/fd/1")}),
+        )
+        .await;
+    let done = server
+        .api
+        .wait_status(token, &id(&call), &["succeeded", "failed"], WAIT)
+        .await;
+    assert_eq!(done["result"]["exit_code"], 1, "{done:#}");
+    let out = server.api.get_call(token, &id(&call)).await["output"].to_string();
+    assert!(out.contains("/proc/1/fd/1: Permission denied"), "{out}");
+    assert!(done["undo"].is_null(), "{done:#}");
+    revert(&server, token, &id(&call)).await.expect(409);
     server.finish().await;
 }
 
 #[tokio::test]
 async fn undo_is_bounded_per_call_and_per_user_and_expires() {
-    // Kept 15 s, at most 40 KiB per call and 60 KiB per user.
+    // Kept 15 s, at most 50 KiB per call and 100 KiB per user (stored base64).
     let server = TestServer::start(ServerOptions {
-        undo: Some((15, 40 * 1024, 60 * 1024)),
+        undo: Some((15, 50 * 1024, 100 * 1024)),
         ..ServerOptions::default()
     })
     .await;
     let ws = &server.alice.workspace;
-    let big = "x".repeat(30 * 1024);
+    let big = "x".repeat(45 * 1024);
     ws.write("one.txt", &big)
         .write("two.txt", &big)
-        .write("huge.txt", "y".repeat(50 * 1024));
+        .write("huge.txt", "y".repeat(60 * 1024));
     let token = &server.alice.token;
     let sid = server.api.session(token).await;
     let write = |path: &'static str| json!({"path": path, "content": "small\n"});
@@ -273,7 +317,7 @@ async fn undo_is_bounded_per_call_and_per_user_and_expires() {
     r.expect(409);
     assert!(r.text.contains("huge.txt"), "{}", r.text);
 
-    // Two records of ~40 KiB (base64) each are more than the user may hold: the older goes.
+    // Two records of ~60 KiB (base64) each are more than the user may hold: the older goes.
     let one = applied(&server, &sid, "write_file", write("one.txt")).await;
     let two = applied(&server, &sid, "write_file", write("two.txt")).await;
     let r = revert(&server, token, &id(&one)).await;

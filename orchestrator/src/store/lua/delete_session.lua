@@ -1,6 +1,6 @@
 -- KEYS[6..]: the session, then every key that lives and dies with it (its call list first,
--- its events second): calls, events, grants, the agent's history, turn lock and turn cancel
--- request. ARGV[4]: the session id; ARGV[5] (the retention sweeper's): delete only if the
+-- its events second): calls (with their undo records), events, grants, the agent's history,
+-- turn lock and turn cancel request. ARGV[4]: the session id; ARGV[5] (the retention sweeper's): delete only if the
 -- session was idle since before this time (ms): created and last event before it, and no
 -- call awaiting approval or in flight.
 -- Returns 1 if deleted, 0 if there was no such session, 2 if it is not idle.
@@ -19,7 +19,10 @@ if ARGV[5] then
   end
 end
 for _, cid in ipairs(calls) do
-  redis.call('DEL', call_key(cid), approval_key(cid))
+  -- What the session's calls replaced goes with them.
+  redis.call('DEL', call_key(cid), approval_key(cid), undo_key(cid))
+  redis.call('ZREM', undo_index(owner), cid)
+  redis.call('HDEL', undo_sizes(owner), cid)
   redis.call('ZREM', PENDING, cid)
   redis.call('SREM', RUNNING, cid)
   redis.call('HDEL', RUNNERS, cid)

@@ -25,6 +25,10 @@ local function session_key(id) return P .. 'session:' .. id end
 local function events_key(id) return P .. 'session:' .. id .. ':events' end
 local function calls_key(id) return P .. 'session:' .. id .. ':calls' end
 local function user_key(owner) return P .. 'user:' .. owner .. ':sessions' end
+-- Undo records (store/undo.rs): the record, and its owner's index and sizes.
+local function undo_key(id) return P .. 'undo:' .. id end
+local function undo_index(owner) return P .. 'user:' .. owner .. ':undo' end
+local function undo_sizes(owner) return P .. 'user:' .. owner .. ':undo_bytes' end
 
 local function load_call(id)
   local flat = redis.call('HGETALL', call_key(id))

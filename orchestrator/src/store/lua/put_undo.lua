@@ -12,8 +12,17 @@ redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
 redis.call('ZADD', KEYS[2], now + ttl, ARGV[5])
 redis.call('HSET', KEYS[3], ARGV[5], #ARGV[1])
+-- The books count only records that still exist (a deleted session took its own).
 local total = 0
-for _, v in ipairs(redis.call('HVALS', KEYS[3])) do total = total + tonumber(v) end
+local sizes = redis.call('HGETALL', KEYS[3])
+for i = 1, #sizes, 2 do
+  if redis.call('EXISTS', ARGV[6] .. sizes[i]) == 1 then
+    total = total + tonumber(sizes[i + 1])
+  else
+    redis.call('HDEL', KEYS[3], sizes[i])
+    redis.call('ZREM', KEYS[2], sizes[i])
+  end
+end
 local dropped = {}
 while total > budget do
   local oldest = redis.call('ZRANGE', KEYS[2], 0, 0)[1]
