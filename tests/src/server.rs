@@ -465,6 +465,24 @@ impl Api {
             .await
     }
 
+    /// Approves a call waiting for approval, bound to its `args_sha256` (must answer 200), and
+    /// waits until it reaches one of `want`.
+    pub async fn approve_wait(
+        &self,
+        token: &str,
+        call: &Value,
+        want: &[&str],
+        within: Duration,
+    ) -> Value {
+        assert_eq!(call["status"], "awaiting_approval", "{call}");
+        let id = call["id"].as_str().expect("a call id");
+        let sha = call["args_sha256"].as_str().expect("an args_sha256");
+        self.decide(token, id, "approve", sha, None)
+            .await
+            .expect(200);
+        self.wait_status(token, id, want, within).await
+    }
+
     /// `GET /v1/tool-calls/{id}` (must answer 200).
     pub async fn get_call(&self, token: &str, call: &str) -> Value {
         let r = self.get(&format!("/v1/tool-calls/{call}"), token).await;

@@ -34,23 +34,11 @@ async fn shell(server: &TestServer, sid: &str, command: &str) -> (Value, String)
         .api
         .propose_ok(token, sid, "run_shell", json!({ "command": command }))
         .await;
-    let id = call["id"].as_str().unwrap();
-    server
-        .api
-        .decide(
-            token,
-            id,
-            "approve",
-            call["args_sha256"].as_str().unwrap(),
-            None,
-        )
-        .await
-        .expect(200);
     let done = server
         .api
-        .wait_status(
+        .approve_wait(
             token,
-            id,
+            &call,
             &["succeeded", "failed", "timed_out"],
             Duration::from_secs(120),
         )

@@ -23,23 +23,9 @@ async fn applied(server: &TestServer, sid: &str, tool: &str, args: Value) -> Val
 
 /// Approves a waiting call (bound to its hash) and waits until it succeeded.
 async fn approve_done(server: &TestServer, call: &Value) -> Value {
-    let token = &server.alice.token;
-    assert_eq!(call["status"], "awaiting_approval", "{call}");
-    let id = call["id"].as_str().unwrap();
     server
         .api
-        .decide(
-            token,
-            id,
-            "approve",
-            call["args_sha256"].as_str().unwrap(),
-            None,
-        )
-        .await
-        .expect(200);
-    server
-        .api
-        .wait_status(token, id, &["succeeded"], WAIT)
+        .approve_wait(&server.alice.token, call, &["succeeded"], WAIT)
         .await
 }
 
