@@ -362,6 +362,7 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         Some(ToolResult::RunShell(_)) => panic!("no run_shell was asked for"),
+        Some(ToolResult::Revert(_)) => panic!("no revert was asked for"),
         None => None,
     };
     match written {

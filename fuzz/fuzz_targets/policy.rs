@@ -210,7 +210,8 @@ fn check_floors(call: &ToolCall, v: &Verdict) {
         ToolCall::EditFile(a) => Some(a.path.as_str()),
         ToolCall::ListDir(a) => Some(a.path.as_deref().unwrap_or(".")),
         ToolCall::Search(a) => Some(a.path.as_deref().unwrap_or(".")),
-        ToolCall::RunShell(_) => None,
+        // Not proposable (`from_parts` refuses it): never generated here.
+        ToolCall::RunShell(_) | ToolCall::Revert(_) => None,
     };
     if let Some(p) = path {
         if eval::normalize(p).is_none() {
