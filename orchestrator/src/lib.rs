@@ -10,6 +10,7 @@ pub mod calls;
 pub mod client;
 pub mod config;
 pub mod doctor;
+pub mod egress;
 pub mod embedded_redis;
 pub mod engine;
 pub mod events;
