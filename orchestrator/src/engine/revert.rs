@@ -82,17 +82,12 @@ impl Engine {
             .await?
             .filter(|c| c.owner == user.name)
             .ok_or(EngineError::NotFound("call"))?;
-        if let Some(by) = &orig.reverted_by {
-            return Err(EngineError::Conflict(format!(
-                "call {call_id} was reverted already, by call {by}"
-            )));
-        }
         let cfg = self.undo_config();
         let stored = match self.store.get_undo(call_id).await? {
             Some(s) if s.owner == user.name => s,
             _ => {
-                // A revert that just applied drops the record and marks the call in one
-                // script: read the call again to say which.
+                // A revert that applied drops the record and marks the call in one script:
+                // read the call again (a revert may have just applied) to say which.
                 let orig = self.store.get_call(call_id).await?.unwrap_or(orig);
                 if let Some(by) = &orig.reverted_by {
                     return Err(EngineError::Conflict(format!(

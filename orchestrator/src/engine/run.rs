@@ -199,8 +199,9 @@ impl Engine {
                     error = Some(ErrorInfo::new(code.as_str(), message))
                 }
                 SandboxEvent::Finished(o) => outcome = Some(o),
-                // Only what this request asked for: a record from a call that keeps none is a
-                // forgery (a command can write to the executor's stdout) and is dropped.
+                // Only what this request asked for. A command cannot reach the executor's
+                // stdout (it is not dumpable); should anything else write a record, one nobody
+                // asked for is never stored.
                 SandboxEvent::Executor(Event::Undo { undo: u }) if req.keep_previous.is_some() => {
                     undo = Some(u)
                 }

@@ -1164,8 +1164,7 @@ async fn read_events(
         }
         // The line still arriving counts where it will belong.
         let pending = st.line.len() as u64;
-        let undo_so_far = st.line.len() >= UNDO_LINE.len() && st.line.starts_with(UNDO_LINE)
-            || UNDO_LINE.starts_with(&st.line);
+        let undo_so_far = st.line.starts_with(UNDO_LINE) || UNDO_LINE.starts_with(&st.line);
         if undo_so_far && st.undo + pending > undo_cap.max(UNDO_LINE.len() as u64)
             || !undo_so_far && st.output + pending > cap
         {
